@@ -1,0 +1,49 @@
+# Every user-facing command. `make demo` and `make test` set up everything on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+WORKSPACE ?= $(CURDIR)/workspace/demo
+DEMO_SUBJECTS ?= 12
+export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup system-deps test demo phantom clean-demo bench-phantom
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# pip warns about every local index folder it does not find; keep real messages only.
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]' 2> >(grep -v 'is ignored: it is neither' >&2)
+	@touch $@
+
+system-deps: ## Install the Debian packages for headless rendering (as root), or say which are missing
+	@missing=""; for p in mesa-vulkan-drivers; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "Missing Debian packages:$$missing (needed for headless 3D rendering). Install them with: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+setup: $(INSTALLED) system-deps ## Create .venv and install the project and its system packages (once)
+
+test: setup ## Run the test suite
+	$(PY) -m pytest -q
+
+phantom: setup ## Generate a phantom cohort: make phantom WORKSPACE=... DEMO_SUBJECTS=...
+	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS)
+
+demo: setup ## Run the pipeline on a small phantom cohort in $(WORKSPACE)
+	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS)
+
+bench-phantom: setup ## Time the generation of 30 phantom subjects at 3 mm
+	@d=$$(mktemp -d); $(PY) -m data_prep.phantom paths.workspace=$$d n_subjects=30 workers=2; rm -rf $$d
+
+clean-demo: ## Remove the demo workspace
+	rm -rf $(WORKSPACE)

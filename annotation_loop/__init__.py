@@ -1,0 +1,1 @@
+"""The annotation bootstrap loop: rounds, QA renders, review and ingestion of corrections."""

@@ -1,0 +1,1 @@
+"""Dataset preparation: the phantom cohort and the curation of hospital DICOM."""

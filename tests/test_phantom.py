@@ -1,0 +1,226 @@
+"""The phantom cohort: anatomy, intensities, geometry, distractors and determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from data_prep.phantom import anatomy, ct
+from data_prep.phantom.plan import EXPECTED_EXCLUSION
+from data_prep.phantom.render import body_masks, exam_grid, rasterize
+from data_prep.phantom.shapes import Grid, RigidMotion, rotation
+from totalseg_train import classes
+from totalseg_train.config import compose_config
+
+
+def read_series(folder) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+def truth(cohort, row) -> sitk.Image:
+    return sitk.ReadImage(str(cohort / row.truth_file))
+
+
+def series_row(index, exam_id, kind):
+    rows = index[(index.exam_id == exam_id) & (index.kind == kind)]
+    assert len(rows) == 1, f"{exam_id} has {len(rows)} {kind} series"
+    return rows.iloc[0]
+
+
+def centroids_mm(image: sitk.Image) -> dict[int, np.ndarray]:
+    """Centroid of every label in patient coordinates (x, y, z), through the image's geometry."""
+    arr = sitk.GetArrayFromImage(image)
+    out = {}
+    for label in np.unique(arr)[1:]:
+        idx = np.argwhere(arr == label).mean(axis=0)[::-1]  # x, y, z index
+        out[int(label)] = np.array(image.TransformContinuousIndexToPhysicalPoint(idx.tolist()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def whole_body(phantom_cohort, phantom_index):
+    row = series_row(phantom_index, "p0000_e0", "ct")
+    assert row.extent == "whole_body" and row.slice_thickness == 3.0
+    return truth(phantom_cohort, row)
+
+
+def test_whole_body_scan_holds_every_class_with_50_voxels(whole_body):
+    assert whole_body.GetSpacing() == (3.0, 3.0, 3.0)
+    counts = np.bincount(sitk.GetArrayFromImage(whole_body).ravel(), minlength=105)
+    small = {classes.by_id(i).name: int(counts[i]) for i in classes.class_ids() if counts[i] < 50}
+    assert not small, f"classes under 50 voxels: {small}"
+    assert counts.size == 105, "labels outside the class table"
+
+
+def test_left_and_right_by_centroids_in_patient_coordinates(whole_body):
+    cents = centroids_mm(whole_body)
+    pairs = [c for c in classes.all_classes() if c.side == "left"]
+    assert len(pairs) >= 30
+    for left in pairs:
+        right = classes.by_name(left.mirror_name)
+        # DICOM/LPS: x grows towards the patient's left.
+        assert cents[left.id][0] > cents[right.id][0], left.name
+
+
+def test_vertebrae_cranio_caudal_order(whole_body):
+    cents = centroids_mm(whole_body)
+    z = [cents[v.id][2] for v in classes.vertebrae_cranio_caudal()]
+    assert all(a > b for a, b in zip(z, z[1:]))
+    ribs_z = [cents[r.id][2] for r in classes.ribs("left")]
+    assert all(a > b for a, b in zip(ribs_z[:10], ribs_z[1:10]))
+    assert cents[classes.id_of("brain")][2] > cents[classes.id_of("heart_myocardium")][2] > cents[classes.id_of("urinary_bladder")][2]
+    assert cents[classes.id_of("liver")][0] < 0 < cents[classes.id_of("spleen")][0]  # liver right, spleen left
+
+
+def _means_by_class(ct_image, label_image) -> dict[int, float]:
+    hu = sitk.GetArrayFromImage(ct_image).astype(np.float64)
+    lab = sitk.GetArrayFromImage(label_image)
+    sums = np.bincount(lab.ravel(), weights=hu.ravel(), minlength=105)
+    counts = np.bincount(lab.ravel(), minlength=105)
+    return {i: sums[i] / counts[i] for i in range(1, 105) if counts[i] > 0}
+
+
+def test_tissue_hu_read_back_from_dicom(phantom_cohort, phantom_index):
+    row = series_row(phantom_index, "p0007_e0", "ct")  # thorax, native
+    assert row.phase == "native"
+    image = read_series(phantom_cohort / row.dicom_dir)
+    means = _means_by_class(image, truth(phantom_cohort, row))
+    for cls_id, mean in means.items():
+        cls = classes.by_id(cls_id)
+        if cls.name.startswith("lung_"):
+            assert -900 < mean < -800, cls.name
+        elif cls.category == "bone":
+            assert 300 < mean < 1200, cls.name
+        elif cls.name != "trachea":
+            assert 5 <= mean <= 65, (cls.name, mean)
+    hu = sitk.GetArrayFromImage(image)
+    corner = hu[:, :5, :5]
+    assert abs(corner.mean() + 1000) < 10  # air outside the body
+
+
+def test_fat_and_soft_tissue_between_organs():
+    body = anatomy.Body()
+    grid = Grid((-250.0, -250.0, 1000.0), (4.0, 4.0, 4.0), (20, 125, 125))
+    skin, inner = body_masks(body, grid, None)
+    labels = np.zeros(grid.shape, np.uint8)
+    hu = ct.synthesize(labels, skin, inner, ct.tissue_lut("native", 50), 10.0, np.random.default_rng(0))
+    fat = skin & ~inner
+    assert fat.sum() > 1000 and inner.sum() > 10000
+    assert abs(hu[fat].mean() - ct.FAT_HU) < 2
+    assert 20 <= hu[inner].mean() <= 60
+    assert abs(hu[fat].std() - 10.0) < 1.0
+
+
+def test_aorta_bright_with_contrast_and_plain_native(phantom_cohort, phantom_index):
+    contrast = series_row(phantom_index, "p0001_e0", "ct")
+    native = series_row(phantom_index, "p0001_e0", "native_pair")
+    aorta = classes.id_of("aorta")
+    m_contrast = _means_by_class(read_series(phantom_cohort / contrast.dicom_dir), truth(phantom_cohort, contrast))
+    m_native = _means_by_class(read_series(phantom_cohort / native.dicom_dir), truth(phantom_cohort, native))
+    assert 150 <= m_contrast[aorta] <= 350
+    assert 25 <= m_native[aorta] <= 55
+    for name in ("heart_ventricle_left", "heart_atrium_right", "pulmonary_artery"):
+        assert 150 <= m_contrast[classes.id_of(name)] <= 350, name
+    whole = series_row(phantom_index, "p0000_e0", "ct")
+    assert whole.phase == "arterial"
+
+
+def test_pair_motion_within_bounds_and_as_declared(phantom_cohort, phantom_index):
+    native = series_row(phantom_index, "p0001_e0", "native_pair")
+    contrast = series_row(phantom_index, "p0001_e0", "ct")
+    assert native.paired_series_uid == contrast.series_uid and contrast.paired_series_uid == native.series_uid
+    assert native.frame_of_reference_uid == contrast.frame_of_reference_uid
+    assert native.study_uid == contrast.study_uid
+    t = np.array([native.motion_tx, native.motion_ty, native.motion_tz])
+    r = np.array([native.motion_rx, native.motion_ry, native.motion_rz])
+    assert 0 < np.linalg.norm(t) <= 5.0 and 0 < np.linalg.norm(r) <= 3.0
+    # The native series sees the anatomy moved by exactly that motion about the scan centre.
+    img_c, img_n = truth(phantom_cohort, contrast), truth(phantom_cohort, native)
+    arr = sitk.GetArrayFromImage(img_c)
+    center = np.array(img_c.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img_c.GetSize()]))
+    motion = RigidMotion(rotation(*r), t, center)
+    c_c, c_n = centroids_mm(img_c), centroids_mm(img_n)
+    for name in ("liver", "heart_ventricle_left", "stomach", "kidney_right"):
+        i = classes.id_of(name)
+        expected = motion.rot @ (c_c[i] - center) + center + t
+        # Centroids of voxelised shapes: agreement well inside a 3 mm voxel, and the motion
+        # itself is larger than that error.
+        error = np.linalg.norm(c_n[i] - expected)
+        assert error < 0.75, name
+        assert np.linalg.norm(c_n[i] - c_c[i]) > 2 * error, name
+    assert arr.shape == sitk.GetArrayFromImage(img_n).shape
+
+
+def test_dicom_geometry_matches_truth_for_every_series(phantom_cohort, phantom_index):
+    with_truth = phantom_index[phantom_index.truth_file != ""]
+    assert len(with_truth) >= 10
+    for row in with_truth.itertuples():
+        image, label = read_series(phantom_cohort / row.dicom_dir), truth(phantom_cohort, row)
+        assert image.GetSize() == label.GetSize(), row.truth_file
+        assert np.allclose(image.GetSpacing(), label.GetSpacing(), atol=1e-3)
+        assert np.allclose(image.GetOrigin(), label.GetOrigin(), atol=1e-3)
+        assert np.allclose(image.GetDirection(), label.GetDirection(), atol=1e-6)
+
+
+def test_every_series_is_dicom_with_identifying_headers(phantom_cohort, phantom_index):
+    files = sorted((phantom_cohort / "dicom").rglob("*.dcm"))
+    assert len(files) == phantom_index.n_slices.sum()
+    series = {}
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        series.setdefault(ds.SeriesInstanceUID, ds)
+    assert set(series) == set(phantom_index.series_uid)
+    for ds in series.values():
+        assert ds.PatientName and ds.PatientID.startswith("PID") and len(ds.PatientBirthDate) == 8
+        assert ds.AccessionNumber and ds.InstitutionAddress
+    consent = pd.read_csv(phantom_cohort / "consent.csv", keep_default_na=False)
+    assert set(consent.patient_id) == set(phantom_index.patient_id)
+    assert set(consent.research_consent) <= {"yes", "no", "refused", "unknown"}
+
+
+def test_small_cohort_holds_every_curation_case(phantom_index):
+    expected = set(phantom_index.expected)
+    assert set(EXPECTED_EXCLUSION.values()) | {"no_consent", "legs_only", "hands_only", "included"} <= expected
+    included = phantom_index[phantom_index.eligible]
+    assert (included.consent == "yes").all() and set(included.kind) == {"ct", "native_pair"}
+    assert phantom_index.groupby("patient_id").exam_id.nunique().max() == 2  # a patient with two exams
+    assert phantom_index[phantom_index.kind == "scout"].truth_file.eq("").all()
+
+
+def test_extents_contain_the_right_anatomy(phantom_cohort, phantom_index):
+    legs = sitk.GetArrayFromImage(truth(phantom_cohort, series_row(phantom_index, "p0003_e0", "ct")))
+    present = {classes.by_id(i).name for i in np.unique(legs)[1:]}
+    assert "femur_left" in present and "lung_upper_lobe_left" not in present and "liver" not in present
+    thorax = sitk.GetArrayFromImage(truth(phantom_cohort, series_row(phantom_index, "p0007_e0", "ct")))
+    present = {classes.by_id(i).name for i in np.unique(thorax)[1:]}
+    assert {"lung_upper_lobe_left", "heart_myocardium", "vertebrae_T6"} <= present and "brain" not in present
+
+
+def test_same_seed_gives_identical_labels_and_another_seed_differs():
+    cfg = compose_config("phantom", ["n_subjects=2"])
+    from data_prep.phantom.plan import draw_cohort
+
+    def labels(seed):
+        exam = draw_cohort(compose_config("phantom", ["n_subjects=2", f"seed={seed}"]))[1]
+        grid = exam_grid(exam, 5.0, 6.0)
+        structures = anatomy.structures(exam.body, np.random.default_rng(exam.anatomy_seed), cfg.jitter_mm, cfg.size_jitter)
+        return rasterize(structures, grid, None, set())
+
+    a, b, c = labels(0), labels(0), labels(1)
+    assert a.tobytes() == b.tobytes()
+    assert a.shape != c.shape or a.tobytes() != c.tobytes()
+
+
+def test_rerun_skips_finished_exams(phantom_cohort):
+    from data_prep.phantom.cohort import generate_cohort
+
+    workspace = phantom_cohort.parent
+    before = (phantom_cohort / "truth" / "index.csv").read_bytes()
+    summary = generate_cohort(compose_config("phantom", [f"paths.workspace={workspace}", "n_subjects=8"]), progress=False)
+    assert summary.n_generated == 0
+    assert (phantom_cohort / "truth" / "index.csv").read_bytes() == before

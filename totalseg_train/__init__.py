@@ -1,0 +1,1 @@
+"""Base layer: the class table, the nnU-Net engine, evaluation and reports."""
