@@ -1,0 +1,140 @@
+"""python -m annotation_loop.ingest corrected_dir=DIR: corrected label maps become final labels.
+
+Every file is validated before anything is stored: its subject must be known and in correction,
+its geometry must equal the subject's image and its ids must be in the class table. A rejected
+file leaves the ledger unchanged and is reported by name; the others go on. Subjects the reviewer
+marked "ok" on the review page become final as predicted, with zero effort.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from omegaconf import DictConfig
+
+from annotation_loop.effort import correction_effort
+from annotation_loop.ledger import IN_CORRECTION, REVIEWED, Ledger, LedgerError
+from annotation_loop.label_store import FinalLabelExists, LabelStore
+from annotation_loop.report import write_round_report
+from totalseg_train import classes
+from totalseg_train.images import Geometry
+
+
+class RejectedFile(ValueError):
+    """A corrected file that cannot be accepted; the message names the file and the problem."""
+
+
+@dataclass
+class IngestResult:
+    accepted: list[str] = field(default_factory=list)
+    accepted_as_predicted: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _subject_id(path: Path) -> str:
+    return path.name.removesuffix(".nii.gz").removesuffix(".nii")
+
+
+def validate_correction(path: Path, image_path: Path, subject_state: str, allow_revision: bool) -> sitk.Image:
+    """Read and check one corrected file; raises RejectedFile naming the file and the problem."""
+    if subject_state == REVIEWED and not allow_revision:
+        raise RejectedFile(f"{path}: subject is already final; corrections are never overwritten "
+                           "(ingest with allow_revision=true to store a new version)")
+    if subject_state not in (IN_CORRECTION, REVIEWED):
+        raise RejectedFile(f"{path}: subject is {subject_state}, not in correction")
+    if not image_path.exists():
+        raise RejectedFile(f"{path}: no curated image {image_path} for this subject")
+    try:
+        label = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise RejectedFile(f"{path}: not a readable image ({str(err).strip().splitlines()[-1]})") from None
+    expected, found = Geometry.of_file(image_path), Geometry.of_image(label)
+    if not found.matches(expected):
+        raise RejectedFile(f"{path}: geometry differs from the image {image_path.name}: "
+                           f"{found.describe()} vs {expected.describe()}")
+    array = sitk.GetArrayViewFromImage(label)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise RejectedFile(f"{path}: labels must be integers, found {array.dtype}")
+    ids = np.unique(array)
+    unknown = [int(i) for i in ids if i != 0 and not 1 <= i <= classes.num_classes()]
+    if unknown:
+        raise RejectedFile(f"{path}: label ids not in the class table: {unknown}")
+    return sitk.Cast(label, sitk.sitkUInt8)
+
+
+def _store(ledger: Ledger, store: LabelStore, subject_id: str, label: sitk.Image, source: str) -> None:
+    subject = ledger.subject(subject_id)
+    if subject.prediction:
+        prediction = sitk.GetArrayFromImage(sitk.ReadImage(subject.prediction))
+    else:  # drawn from scratch: the effort is the whole label map
+        prediction = np.zeros(sitk.GetArrayViewFromImage(label).shape, np.uint8)
+    version = subject.final_version + 1
+    # The file first, then the ledger: a kill in between leaves a version file that a re-run
+    # recognises as identical and adopts.
+    store.store_final(subject_id, version, label)
+    effort = correction_effort(prediction, sitk.GetArrayViewFromImage(label))
+    with ledger.transaction() as db:
+        ledger.move(db, subject_id, REVIEWED, source=source)
+        ledger.record_effort(db, subject_id, version, subject.round, source, effort)
+
+
+def ingest(cfg: DictConfig) -> IngestResult:
+    ledger = Ledger(cfg.bootstrap.ledger)
+    store = LabelStore(cfg.paths.annotation)
+    images = Path(cfg.bootstrap.images_dir)
+    result = IngestResult()
+    try:
+        decisions_csv = Path(cfg.decisions_csv) if cfg.decisions_csv else None
+        if decisions_csv is not None and decisions_csv.exists():
+            decisions = pd.read_csv(decisions_csv, keep_default_na=False)
+            for row in decisions[decisions.decision == "ok"].itertuples():
+                try:
+                    subject = ledger.subject(row.subject_id)
+                except LedgerError:
+                    result.rejected.append((str(decisions_csv), f"{decisions_csv}: unknown subject {row.subject_id!r}"))
+                    continue
+                if subject.state != IN_CORRECTION or not subject.prediction:
+                    continue  # already final, or nothing predicted to accept
+                _store(ledger, store, row.subject_id, sitk.ReadImage(subject.prediction), "accepted_prediction")
+                result.accepted_as_predicted.append(row.subject_id)
+        if cfg.corrected_dir:
+            files = sorted(Path(cfg.corrected_dir).glob("*.nii*"))
+            for path in files:
+                subject_id = _subject_id(path)
+                try:
+                    try:
+                        subject = ledger.subject(subject_id)
+                    except LedgerError:
+                        raise RejectedFile(f"{path}: unknown subject {subject_id!r}") from None
+                    label = validate_correction(path, images / f"{subject_id}.nii.gz", subject.state,
+                                                bool(cfg.allow_revision))
+                    source = "corrected_prediction" if subject.prediction else "manual"
+                    _store(ledger, store, subject_id, label, source)
+                    result.accepted.append(subject_id)
+                except (RejectedFile, FinalLabelExists, LedgerError) as err:
+                    result.rejected.append((str(path), str(err)))
+        write_round_report(ledger, Path(cfg.paths.reports), float(cfg.bootstrap.seconds_per_slice))
+    finally:
+        ledger.close()
+    return result
+
+
+@hydra.main(config_path="../configs", config_name="ingest", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    result = ingest(cfg)
+    print(f"accepted {len(result.accepted)} corrected label maps, "
+          f"{len(result.accepted_as_predicted)} predictions marked ok on the review page")
+    for path, message in result.rejected:
+        print(f"REJECTED {message}", file=sys.stderr)
+    if result.rejected:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Where label files live in the annotation folder, by state, and how final labels are stored.
+
+Final labels are versioned (``final/versions/<subject>/v001.nii.gz``, ``v002`` ...) and a version
+is never overwritten. ``final/labels/<subject>.nii.gz`` is a hard link to the newest version: the
+folder a training run reads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from totalseg_train.atomic import TMP_MARK, atomic_path
+
+
+class FinalLabelExists(RuntimeError):
+    """A final label version already exists with other content; corrections are never overwritten."""
+
+
+class LabelStore:
+    def __init__(self, annotation_dir: str | Path):
+        self.root = Path(annotation_dir)
+
+    def predicted_dir(self, round_number: int) -> Path:
+        return self.root / "predicted" / f"round_{round_number:02d}"
+
+    def predicted(self, round_number: int, subject_id: str) -> Path:
+        return self.predicted_dir(round_number) / f"{subject_id}.nii.gz"
+
+    def version(self, subject_id: str, version: int) -> Path:
+        return self.root / "final" / "versions" / subject_id / f"v{version:03d}.nii.gz"
+
+    @property
+    def current_dir(self) -> Path:
+        return self.root / "final" / "labels"
+
+    def current(self, subject_id: str) -> Path:
+        return self.current_dir / f"{subject_id}.nii.gz"
+
+    def round_dir(self, round_number: int) -> Path:
+        return self.root / "rounds" / f"round_{round_number:02d}"
+
+    def store_final(self, subject_id: str, version: int, label: sitk.Image) -> Path:
+        """Write version ``version`` of a subject's final label and point ``final/labels`` at it.
+
+        Re-storing identical content is a no-op (a resumed ingest); different content for an
+        existing version raises FinalLabelExists.
+        """
+        path = self.version(subject_id, version)
+        if path.exists():
+            stored = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+            if not np.array_equal(stored, sitk.GetArrayViewFromImage(label)):
+                raise FinalLabelExists(f"{path} exists with other content; final labels are never overwritten")
+        else:
+            with atomic_path(path) as tmp:
+                sitk.WriteImage(label, str(tmp), useCompression=True)
+        link_latest(path, self.current(subject_id))
+        return path
+
+
+def link_latest(target: Path, link: Path) -> None:
+    """Make ``link`` a hard link to ``target``, replacing an older link atomically."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f"{TMP_MARK}{os.getpid()}-{link.name}")
+    tmp.unlink(missing_ok=True)
+    os.link(target, tmp)
+    os.replace(tmp, link)

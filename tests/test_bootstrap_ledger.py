@@ -1,0 +1,149 @@
+"""The bootstrap loop's bookkeeping: effort measures, the ledger, final-label storage and ingestion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from annotation_loop.effort import TOTAL, correction_effort
+from annotation_loop.ingest import ingest
+from annotation_loop.label_store import FinalLabelExists, LabelStore
+from annotation_loop.label_tables import itksnap_label_description, slicer_colour_table
+from annotation_loop.ledger import IN_CORRECTION, PREDICTED, REVIEWED, UNLABELED, Ledger, LedgerError
+from annotation_loop.start import start
+from totalseg_train import classes
+from totalseg_train.config import compose_config
+
+
+def test_effort_counts_voxels_slices_and_dice():
+    pred = np.zeros((4, 5, 5), np.uint8)
+    corr = np.zeros((4, 5, 5), np.uint8)
+    pred[0:2, 1:3, 1:3] = 5  # liver predicted in slices 0-1: 8 voxels
+    corr[1:3, 1:3, 1:3] = 5  # corrected to slices 1-2: 4 removed, 4 added
+    corr[3, 0, 0] = 1  # spleen added in slice 3
+    rows = {r["class_id"]: r for r in correction_effort(pred, corr)}
+    assert rows[5] == {"class_id": 5, "voxels_changed": 8, "slices_touched": 2, "dice": 0.5}
+    assert rows[1] == {"class_id": 1, "voxels_changed": 1, "slices_touched": 1, "dice": 0.0}
+    assert rows[TOTAL]["voxels_changed"] == 9 and rows[TOTAL]["slices_touched"] == 3
+    unchanged = {r["class_id"]: r for r in correction_effort(corr, corr)}
+    assert unchanged[5]["dice"] == 1.0 and unchanged[TOTAL]["voxels_changed"] == 0
+
+
+def test_ledger_moves_are_checked_and_logged(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    assert ledger.register(["b", "a", "c"], queue_order=["c", "a", "b"]) == 3
+    assert ledger.register(["a", "d"], queue_order=["d"]) == 1
+    assert [s.subject_id for s in ledger.subjects(UNLABELED)] == ["c", "a", "b", "d"]
+    with ledger.transaction() as db:
+        ledger.move(db, "a", PREDICTED, round=1, model="m1", prediction="/p/a.nii.gz")
+        ledger.move(db, "a", IN_CORRECTION)
+        ledger.move(db, "c", IN_CORRECTION, source="manual")
+        ledger.move(db, "c", REVIEWED, source="manual")
+        ledger.move(db, "a", REVIEWED, source="corrected_prediction")
+    with pytest.raises(LedgerError, match="cannot go from unlabeled to reviewed"):
+        with ledger.transaction() as db:
+            ledger.move(db, "d", IN_CORRECTION)
+            ledger.move(db, "b", REVIEWED)
+    assert ledger.subject("d").state == UNLABELED  # the whole transaction was rolled back
+    with pytest.raises(LedgerError, match="unknown subject"):
+        ledger.subject("zz")
+    assert ledger.reviewed_in_order() == ["c", "a"]
+    assert ledger.subject("a").final_version == 1 and ledger.subject("a").model == "m1"
+    assert [e["to_state"] for e in ledger.events("a")] == [UNLABELED, PREDICTED, IN_CORRECTION, REVIEWED]
+    assert ledger.counts() == {UNLABELED: 2, PREDICTED: 0, IN_CORRECTION: 0, REVIEWED: 2}
+    ledger.start_round(1, 5, "tiny", {"x": 1})
+    ledger.finish_step(1, "train", {"seconds": 3.0}, model="m1")
+    ledger.finish_step(1, "train")
+    assert ledger.round(1)["steps"] == ["train"] and ledger.round(1)["model"] == "m1"
+    with pytest.raises(LedgerError, match="started with N=5"):
+        ledger.start_round(1, 20, "tiny", {})
+
+
+def _image(array: np.ndarray, spacing=(2.0, 2.0, 3.0)) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin((-10.0, 5.0, 100.0))
+    return image
+
+
+def test_final_labels_are_versioned_and_never_overwritten(tmp_path):
+    store = LabelStore(tmp_path)
+    first = _image(np.ones((3, 4, 4), np.uint8))
+    store.store_final("s1", 1, first)
+    store.store_final("s1", 1, first)  # identical: a resumed ingest, accepted
+    with pytest.raises(FinalLabelExists, match="never overwritten"):
+        store.store_final("s1", 1, _image(np.full((3, 4, 4), 2, np.uint8)))
+    store.store_final("s1", 2, _image(np.full((3, 4, 4), 2, np.uint8)))
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(store.current("s1")))).max() == 2
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(store.version("s1", 1)))).max() == 1
+
+
+def test_label_tables_name_every_class():
+    slicer = slicer_colour_table().splitlines()
+    assert len([l for l in slicer if not l.startswith("#")]) == 105
+    assert slicer[-1].startswith("104 urinary_bladder ")
+    itk = itksnap_label_description()
+    assert '"aorta"' in itk and itk.count("\n") == 4 + 1 + 104
+    r, g, b = classes.class_colour(5)
+    assert f"5 liver {r} {g} {b} 255" in slicer
+
+
+@pytest.fixture
+def small_workspace(tmp_path):
+    """Three curated images of 6x8x8 voxels and a bootstrap ledger started on them."""
+    images = tmp_path / "curated" / "images"
+    images.mkdir(parents=True)
+    for sid in ("s0001", "s0002", "s0003"):
+        sitk.WriteImage(_image(np.zeros((6, 8, 8), np.int16)), str(images / f"{sid}.nii.gz"))
+    pd.DataFrame({"subject_id": ["s0001", "s0002", "s0003"], "patient": ["p1", "p2", "p3"]}).to_csv(
+        tmp_path / "curated" / "subjects.csv", index=False)
+    overrides = [f"paths.workspace={tmp_path}", "bootstrap.schedule=[2,3]"]
+    handed_out = start(compose_config("bootstrap_start", overrides))
+    assert len(handed_out) == 2
+    assert start(compose_config("bootstrap_start", overrides)) == []  # idempotent
+    return tmp_path, overrides, handed_out
+
+
+def test_ingest_accepts_good_files_and_rejects_bad_ones_by_name(small_workspace):
+    ws, overrides, (first, second) = small_workspace
+    (waiting,) = {"s0001", "s0002", "s0003"} - {first, second}
+    incoming = ws / "incoming"
+    incoming.mkdir()
+    good = np.zeros((6, 8, 8), np.uint8)
+    good[2:4, 2:6, 2:6] = 5
+    sitk.WriteImage(_image(good), str(incoming / f"{first}.nii.gz"))
+    sitk.WriteImage(_image(np.zeros((5, 8, 8), np.uint8)), str(incoming / f"{second}.nii.gz"))  # wrong shape
+    bad_ids = good.copy()
+    bad_ids[0, 0, 0] = 140
+    sitk.WriteImage(_image(bad_ids), str(incoming / f"{waiting}.nii.gz"))  # not in correction
+    sitk.WriteImage(_image(good), str(incoming / "s9999.nii.gz"))  # unknown subject
+    cfg = compose_config("ingest", overrides + [f"corrected_dir={incoming}"])
+    result = ingest(cfg)
+    assert result.accepted == [first]
+    messages = dict(result.rejected)
+    assert "geometry differs" in messages[str(incoming / f"{second}.nii.gz")]
+    assert "unlabeled, not in correction" in messages[str(incoming / f"{waiting}.nii.gz")]
+    assert "unknown subject 's9999'" in messages[str(incoming / "s9999.nii.gz")]
+    ledger = Ledger(cfg.bootstrap.ledger)
+    assert ledger.subject(first).state == REVIEWED and ledger.subject(first).source == "manual"
+    assert ledger.subject(second).state == IN_CORRECTION and ledger.subject(waiting).state == UNLABELED
+    efforts = pd.DataFrame(ledger.efforts())
+    assert set(efforts.subject_id) == {first}
+    assert efforts[efforts.class_id == TOTAL].voxels_changed.item() == 32  # drawn from scratch
+    # A second ingest of a different label for a final subject is refused; the ledger is unchanged.
+    other = good.copy()
+    other[5, 0, 0] = 1
+    sitk.WriteImage(_image(other), str(incoming / f"{first}.nii.gz"))
+    result = ingest(cfg)
+    assert "already final" in dict(result.rejected)[str(incoming / f"{first}.nii.gz")]
+    assert ledger.subject(first).final_version == 1 and len(ledger.efforts()) == len(efforts)
+    # Bad ids in a subject that is in correction name the ids.
+    bad_ids_path = incoming / f"{second}.nii.gz"
+    bad = np.zeros((6, 8, 8), np.uint8)
+    bad[1, 1, 1] = 200
+    sitk.WriteImage(_image(bad), str(bad_ids_path))
+    assert "label ids not in the class table: [200]" in dict(ingest(cfg).rejected)[str(bad_ids_path)]
+    report = (ws / "reports" / "bootstrap_rounds.md").read_text()
+    assert "| 0 | - | 1 | 32 | 2 |" in report
