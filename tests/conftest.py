@@ -34,3 +34,21 @@ def phantom_cohort(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_index(phantom_cohort) -> pd.DataFrame:
     return pd.read_csv(phantom_cohort / "truth" / "index.csv", keep_default_na=False)
+
+
+@pytest.fixture(scope="session")
+def curated_workspace(phantom_cohort) -> Path:
+    """The phantom cohort curated by ``python -m data_prep.curate`` (a real run, Hydra logs included) and its
+    truth labels exported; returns the workspace (raw/, curated/, private/, reports/, truth_labels/, logs/)."""
+    import subprocess
+    import sys
+
+    from data_prep.phantom.truth_labels import export_truth_labels
+
+    workspace = phantom_cohort.parent
+    run = subprocess.run([sys.executable, "-m", "data_prep.curate", f"paths.workspace={workspace}", "progress=false"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, f"curation failed:\n{run.stderr[-4000:]}"
+    export_truth_labels(workspace / "private" / "pseudonym_key.csv", phantom_cohort / "truth",
+                        workspace / "curated" / "images", workspace / "truth_labels")
+    return workspace

@@ -1,0 +1,28 @@
+"""python -m data_prep.curate: curate a DICOM folder into pseudonymised NIfTI subjects (see configs/curate.yaml)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from data_prep.curate.pipeline import CHARACTERISTICS, curate
+
+
+@hydra.main(config_path="../../configs", config_name="curate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    s = curate(cfg)
+    print(f"curated cohort in {s.curated}")
+    print(f"  header scan: {s.n_files} files in {s.scan_seconds:.1f} s "
+          f"({s.n_files / max(s.scan_seconds, 1e-9):.0f} files/s); {s.n_problem_files} not usable "
+          f"(listed in {cfg.paths.private}/unreadable_files.csv)")
+    print(f"  {s.n_series} series: {s.n_subjects} subjects included, {s.n_converted} converted now, "
+          f"{s.n_removed} images removed")
+    for reason, count in sorted(s.reasons.items(), key=lambda kv: -kv[1]):
+        print(f"    excluded {reason:<22} {count}")
+    print(f"  subjects: {s.curated}/subjects.csv; every series with its decision: {s.curated}/series.parquet")
+    print(f"  key (identifying, keep private): {cfg.paths.private}/pseudonym_key.csv")
+    print(f"  characteristics: {cfg.paths.reports}/{CHARACTERISTICS}.md")
+
+
+if __name__ == "__main__":
+    main()

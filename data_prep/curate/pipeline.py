@@ -1,0 +1,236 @@
+"""curate(cfg): scan, judge, choose, pseudonymise, convert and report, resumably."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from data_prep.curate.characteristics import characteristics_table, to_markdown
+from data_prep.curate.convert import convert_series, is_current
+from data_prep.curate.pseudonyms import PseudonymStore
+from data_prep.curate.rules import EXCLUDED, INCLUDED, RuleContext, apply_rules, describe
+from data_prep.curate.scan import scan_tree
+from data_prep.curate.selection import select_series
+from data_prep.curate.series import group_series
+from data_prep.curate.vocabulary import Vocabulary
+from totalseg_train.atomic import remove_stale_temporaries, write_table, write_text
+
+log = logging.getLogger(__name__)
+
+SERIES_TABLE = "series.parquet"
+SUBJECTS_TABLE = "subjects.csv"
+SUMMARY_FILE = "curation.json"
+PROBLEMS_FILE = "unreadable_files.csv"       # in the private folder: paths may name patients
+CHARACTERISTICS = "characteristics"          # .md and .csv in the reports folder
+UNREADABLE = "unreadable"
+
+SUBJECT_COLUMNS = [
+    "subject_id", "patient", "exam", "series_id", "sex", "age", "study_year", "site", "manufacturer", "model", "kvp",
+    "kernel", "kernel_class", "slice_thickness", "slice_spacing", "n_slices", "contrast_phase", "contrast",
+    "body_region", "paired_subject_id",
+]
+# series.parquet: everything extracted from the headers except what identifies the patient.
+SERIES_COLUMNS = [
+    "series_id", "subject_id", "patient", "exam", "site", "decision", "reason", "detail", "modality", "image_type",
+    "series_number", "study_description", "series_description", "protocol_name", "sex", "age", "study_year",
+    "manufacturer", "model", "kvp", "kernel", "kernel_class", "slice_thickness", "slice_spacing",
+    "spacing_deviation", "duplicate_positions", "stack_tilt_deg", "gantry_tilt", "n_files", "n_slices", "rows",
+    "columns", "pixel_spacing_row", "pixel_spacing_col", "frames", "fov_mm", "z_extent_mm", "lateral_offset_mm",
+    "contrast_agent", "contrast_phase", "contrast", "phase_group", "body_part", "body_region", "region_source",
+    "paired_series_id", "paired_subject_id", "content_hash", "transfer_syntax",
+]
+# A series excluded for lack of consent keeps only these: nothing about the patient or the scan.
+NO_CONSENT_COLUMNS = ["series_id", "decision", "reason", "detail", "n_files"]
+
+
+@dataclass
+class CurationSummary:
+    curated: Path
+    n_files: int
+    n_problem_files: int
+    n_series: int
+    n_subjects: int
+    n_converted: int                 # images written by this run
+    n_removed: int                   # images removed (consent withdrawn, excluded by annotators)
+    scan_seconds: float
+    convert_seconds: float
+    series: pd.DataFrame             # series.parquet
+    subjects: pd.DataFrame           # subjects.csv
+    characteristics: pd.DataFrame
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def read_consent(path: str | Path, patient_column: str, consent_column: str) -> dict[str, str]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: consent registry not found (set dataset.consent_csv)")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {patient_column, consent_column} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: consent registry lacks the column(s) {sorted(missing)}; it has {list(table.columns)}")
+    return dict(zip(table[patient_column].str.strip(), table[consent_column]))
+
+
+def read_exclusions(path: str | Path | None, subject_column: str, note_column: str) -> dict[str, str]:
+    """subject_id -> annotator's note; empty when no exclusion list is configured."""
+    if not path:
+        return {}
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: exclusion list not found (dataset.exclusions_csv)")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if subject_column not in table.columns:
+        raise ValueError(f"{path}: exclusion list lacks the column {subject_column!r}; it has {list(table.columns)}")
+    notes = table[note_column] if note_column in table.columns else [""] * len(table)
+    return dict(zip(table[subject_column].str.strip(), notes))
+
+
+def _assign_people(series: pd.DataFrame, store: PseudonymStore, consent_reason: str, max_age: float) -> pd.DataFrame:
+    """Pseudonymous ids for every series, and for the patients, exams and sites of consenting ones."""
+    out = series.copy()
+    out["series_id"] = out["series_key"].map(store.assign("series", out["series_key"]))
+    ok = out["reason"] != consent_reason
+    patient_key = out["patient_id"].where(out["patient_id"] != "", "study:" + out["study_key"])
+    patients = store.assign("patient", patient_key[ok])
+    exams = store.assign("exam", out.loc[ok, "study_key"])
+    sites = store.assign("site", out.loc[ok & (out["institution"] != ""), "institution"])
+    out["patient_key"] = patient_key
+    out["patient"] = patient_key.map(patients).where(ok, "")
+    out["exam"] = out["study_key"].map(exams).where(ok, "")
+    out["site"] = out["institution"].map(sites).fillna("unknown").where(ok, "")
+    out["age"] = out["age"].clip(upper=max_age)
+    return out
+
+
+def _exclude(series: pd.DataFrame, mask, reason: str, details) -> None:
+    series.loc[mask, "decision"] = EXCLUDED
+    series.loc[mask, "reason"] = reason
+    series.loc[mask, "detail"] = details
+
+
+def _convert(todo: pd.DataFrame, files: dict[str, list[str]], root: str, images: Path, provenance: Path,
+             cfg: DictConfig) -> tuple[int, dict[str, str]]:
+    """Convert the series of ``todo`` in a process pool; returns (converted, {series_key: error})."""
+    c = cfg.convert
+    jobs = {row.series_key: (root, files[row.series_key], str(images / f"{row.subject_id}.nii.gz"),
+                             str(provenance / f"{row.subject_id}.json"), row.subject_id, row.content_hash,
+                             c.orientation, float(c.min_hu), float(c.max_hu)) for row in todo.itertuples()}
+    failed: dict[str, str] = {}
+    bar = tqdm(total=len(jobs), desc="conversion", unit="series", disable=not cfg.progress)
+    workers = max(1, int(cfg.workers))
+    if workers == 1 or len(jobs) <= 1:
+        for key, args in jobs.items():
+            try:
+                convert_series(*args)
+            except Exception as exc:  # noqa: BLE001 - one bad series never stops the cohort
+                failed[key] = f"{type(exc).__name__}: {exc}"
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(convert_series, *args): key for key, args in jobs.items()}
+            for future in as_completed(futures):
+                exc = future.exception()
+                if exc is not None:
+                    failed[futures[future]] = f"{type(exc).__name__}: {exc}"
+                bar.update()
+    bar.close()
+    return len(jobs) - len(failed), failed
+
+
+def curate(cfg: DictConfig) -> CurationSummary:
+    """Run curation as configured; safe to re-run (finished conversions are kept)."""
+    curated, private, reports = Path(cfg.paths.curated), Path(cfg.paths.private), Path(cfg.paths.reports)
+    images, provenance = curated / "images", curated / "provenance"
+    for folder in (curated, private, reports):
+        remove_stale_temporaries(folder)
+    consent = read_consent(cfg.dataset.consent_csv, cfg.consent.patient_column, cfg.consent.consent_column)
+    exclusions = read_exclusions(cfg.dataset.get("exclusions_csv"), cfg.exclusions.subject_column,
+                                 cfg.exclusions.note_column)
+    root = str(Path(cfg.dataset.dicom_root).resolve())
+
+    scan = scan_tree(root, workers=int(cfg.workers), files_per_task=int(cfg.scan.files_per_task),
+                     follow_symlinks=bool(cfg.scan.follow_symlinks), skip_hidden=bool(cfg.scan.skip_hidden),
+                     progress=bool(cfg.progress))
+    log.info("header scan: %d files in %.1f s (%.0f files/s), %d not usable", scan.n_files, scan.seconds,
+             scan.n_files / max(scan.seconds, 1e-9), len(scan.problems))
+    write_table(scan.problems, private / PROBLEMS_FILE)
+    grouped = group_series(scan.files, float(cfg.rules.geometry.orientation_tolerance))
+    series = describe(grouped.series, Vocabulary(cfg.vocabulary))
+    series = apply_rules(series, cfg.rules, RuleContext(consent))
+
+    store = PseudonymStore(private)
+    curated_before = store.subject_ids()
+    series = select_series(series, cfg.selection, set(curated_before))
+    series = _assign_people(series, store, cfg.rules.consent.reason, float(cfg.pseudonymise.max_age))
+    included = series[series["decision"] == INCLUDED].sort_values(["patient", "exam", "series_number", "series_key"])
+    store.add_subjects(included)
+    store.save()  # the key exists before any image named by it
+    subject_ids = store.subject_ids()
+    series["subject_id"] = series["series_key"].map(subject_ids).where(series["decision"] == INCLUDED, "")
+
+    excluded_by_annotators = series["subject_id"].isin(exclusions) & (series["subject_id"] != "")
+    _exclude(series, excluded_by_annotators, cfg.exclusions.reason,
+             [f"excluded by the annotators: {exclusions[s]}".rstrip(": ") for s in
+              series.loc[excluded_by_annotators, "subject_id"]])
+
+    start = time.perf_counter()
+    wanted = series[series["decision"] == INCLUDED]
+    todo = wanted[[not is_current(images / f"{r.subject_id}.nii.gz", provenance / f"{r.subject_id}.json",
+                                  r.content_hash) for r in wanted.itertuples()]]
+    n_converted, failed = _convert(todo, grouped.files, root, images, provenance, cfg)
+    unreadable = series["series_key"].isin(failed)
+    _exclude(series, unreadable, UNREADABLE,
+             [f"conversion failed: {failed[k]}" for k in series.loc[unreadable, "series_key"]])
+    convert_seconds = time.perf_counter() - start
+    if failed:
+        log.warning("%d series could not be converted (reason %r in %s)", len(failed), UNREADABLE, SERIES_TABLE)
+
+    # Only included subjects keep an image: consent withdrawn or excluded later means removed.
+    keep = set(series.loc[series["decision"] == INCLUDED, "subject_id"])
+    n_removed = 0
+    for folder, suffix in ((images, ".nii.gz"), (provenance, ".json")):
+        for path in folder.glob(f"*{suffix}") if folder.exists() else []:
+            if path.name[: -len(suffix)] not in keep:
+                path.unlink()
+                n_removed += suffix == ".nii.gz"
+
+    ids = dict(zip(series["series_key"], series["series_id"]))
+    included_mask = series["decision"] == INCLUDED
+    paired = series["paired_series_key"].where(series["paired_series_key"].isin(
+        set(series.loc[included_mask, "series_key"])), "")
+    series["paired_series_id"] = paired.map(ids).fillna("")
+    series["paired_subject_id"] = paired.map(subject_ids).fillna("").where(included_mask, "")
+
+    table = series[SERIES_COLUMNS].copy()
+    no_consent = series["reason"] == cfg.rules.consent.reason
+    blank = [c for c in SERIES_COLUMNS if c not in NO_CONSENT_COLUMNS]
+    table[blank] = table[blank].astype(object)
+    table.loc[no_consent, blank] = None
+    table = table.sort_values("series_id").reset_index(drop=True)
+    subjects = series.loc[included_mask, SUBJECT_COLUMNS].sort_values("subject_id").reset_index(drop=True)
+
+    write_table(table, curated / SERIES_TABLE)
+    write_table(subjects, curated / SUBJECTS_TABLE)
+    chars = characteristics_table(subjects, list(cfg.characteristics.age_bins),
+                                  list(cfg.characteristics.slice_thickness_bins_mm))
+    write_table(chars, reports / f"{CHARACTERISTICS}.csv")
+    write_text(reports / f"{CHARACTERISTICS}.md", to_markdown(chars))
+    reasons = {str(k): int(v) for k, v in series.loc[~included_mask, "reason"].value_counts().items()}
+    summary = CurationSummary(curated, scan.n_files, len(scan.problems), len(series), len(subjects), n_converted,
+                              n_removed, scan.seconds, convert_seconds, table, subjects, chars, reasons)
+    write_text(curated / SUMMARY_FILE, json.dumps({
+        "files": scan.n_files, "problem_files": scan.problems["problem"].value_counts().to_dict(),
+        "series": len(series), "subjects": len(subjects), "converted_now": n_converted, "removed_now": n_removed,
+        "excluded_by_reason": reasons, "scan_seconds": round(scan.seconds, 2),
+        "convert_seconds": round(convert_seconds, 2)}, indent=1))
+    log.info("curation: %d series, %d subjects included, %d converted now, %d removed", len(series), len(subjects),
+             n_converted, n_removed)
+    return summary

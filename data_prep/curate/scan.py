@@ -1,0 +1,269 @@
+"""Header-only scan of a folder tree: one record per DICOM image file, one problem row per other file.
+
+Only the header is parsed (pydicom stops before the pixel data); the pixel data element is then
+checked for presence and length without being read, so truncated files are found here and not
+during conversion. Identifying values that curation needs only to derive other facts (birth date,
+accession number, study date) are used inside the worker and never leave it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+from pydicom import config as pydicom_config
+from pydicom.errors import InvalidDicomError
+from tqdm import tqdm
+
+# Columns of a file record, in the order read_header returns them.
+FILE_COLUMNS = (
+    "path", "size", "patient_id", "sex", "age", "study_year", "study_key", "study_uid", "series_key", "series_uid",
+    "sop_uid", "frame_uid", "modality", "image_type", "study_description", "series_description", "protocol_name",
+    "series_number", "instance_number", "manufacturer", "model", "institution", "kvp", "kernel", "slice_thickness",
+    "contrast_agent", "body_part", "gantry_tilt", "ipp_x", "ipp_y", "ipp_z", "iop_0", "iop_1", "iop_2", "iop_3",
+    "iop_4", "iop_5", "pixel_spacing_row", "pixel_spacing_col", "rows", "columns", "frames", "transfer_syntax",
+)
+PROBLEM_COLUMNS = ("path", "problem", "detail")
+
+PIXEL_DATA = 0x7FE00010
+_IMPLICIT_LITTLE = "1.2.840.10008.1.2"
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+NAN = float("nan")
+
+
+@dataclass
+class ScanResult:
+    files: pd.DataFrame      # one row per DICOM image file; holds PatientID: never write it outside the private folder
+    problems: pd.DataFrame   # path (relative), problem code, detail
+    n_files: int             # every file looked at
+    seconds: float
+
+
+class FileProblem(Exception):
+    """A file that is not a usable DICOM image; ``code`` is one of not_dicom, unreadable, truncated, not_an_image."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code = code
+
+
+def list_files(root: str | Path, follow_symlinks: bool = True, skip_hidden: bool = True) -> list[str]:
+    """Every file under ``root`` as a path relative to it, sorted; linked folders are visited once."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: DICOM folder not found (set dataset.dicom_root)")
+    seen: set[tuple[int, int]] = set()
+    out: list[str] = []
+    for folder, dirs, names in os.walk(root, followlinks=follow_symlinks):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        if skip_hidden:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            names = [n for n in names if not n.startswith(".")]
+        rel = os.path.relpath(folder, root)
+        prefix = "" if rel == "." else rel + os.sep
+        out.extend(prefix + n for n in names)
+    out.sort()
+    return out
+
+
+@contextmanager
+def _lenient_pydicom() -> Iterator[None]:
+    # Real archives hold values that break the standard's VR rules; read them as they are.
+    previous = pydicom_config.settings.reading_validation_mode
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    try:
+        yield
+    finally:
+        pydicom_config.settings.reading_validation_mode = previous
+
+
+def _text(ds, tag: int) -> str:
+    elem = ds.get(tag)
+    if elem is None or elem.value is None:
+        return ""
+    value = elem.value
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
+
+
+def _first(ds, tag: int) -> str:
+    return _text(ds, tag).split("\\")[0]
+
+
+def _number(ds, tag: int, index: int = 0) -> float:
+    elem = ds.get(tag)
+    if elem is None or elem.value is None or elem.value == "":
+        return NAN
+    value = elem.value
+    try:
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            return float(value[index]) if len(value) > index else NAN
+        return float(value) if index == 0 else NAN
+    except (TypeError, ValueError):
+        return NAN
+
+
+def _dicom_date(text: str) -> date | None:
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except (ValueError, IndexError):
+        return None
+
+
+def _age_years(age_text: str, birth: str, study: str) -> float:
+    """PatientAge ('045Y', '006M') in years, else from birth and study dates."""
+    if len(age_text) == 4 and age_text[:3].isdigit():
+        n, unit = int(age_text[:3]), age_text[3].upper()
+        return {"Y": float(n), "M": n // 12, "W": n // 52, "D": n // 365}.get(unit, NAN)
+    b, s = _dicom_date(birth), _dicom_date(study)
+    if b is None or s is None:
+        return NAN
+    return float(s.year - b.year - ((s.month, s.day) < (b.month, b.day)))
+
+
+def _fallback_key(kind: str, *parts) -> str:
+    digest = hashlib.sha1("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:20]
+    return f"{kind}:{digest}"
+
+
+def _check_pixel_data(fp, size: int, transfer_syntax: str, expected_bytes: int) -> None:
+    """The file position is at the pixel data element (or the end): check it is there and complete."""
+    pos = fp.tell()
+    head = fp.read(12)
+    if len(head) < 8:
+        raise FileProblem("not_an_image", "no pixel data")
+    little = transfer_syntax != _BIG_ENDIAN
+    group, element = struct.unpack("<HH" if little else ">HH", head[:4])
+    if (group << 16 | element) != PIXEL_DATA:
+        raise FileProblem("not_an_image", "no pixel data")
+    if transfer_syntax == _IMPLICIT_LITTLE:
+        length, header = struct.unpack("<I", head[4:8])[0], 8
+    else:
+        if len(head) < 12:
+            raise FileProblem("truncated", "pixel data element cut off")
+        length, header = struct.unpack("<I" if little else ">I", head[8:12])[0], 12
+    available = size - pos - header
+    if length == 0xFFFFFFFF:  # encapsulated (compressed): at least one fragment must follow
+        if available < 8:
+            raise FileProblem("truncated", "compressed pixel data cut off")
+    elif length > available:
+        raise FileProblem("truncated", f"pixel data holds {max(available, 0)} of {length} bytes")
+    elif expected_bytes and length < expected_bytes:
+        raise FileProblem("truncated", f"pixel data holds {length} bytes, the image needs {expected_bytes}")
+
+
+def read_header(root: str, rel: str) -> tuple:
+    """One file record (FILE_COLUMNS order); raises FileProblem for anything that is not a usable image."""
+    path = os.path.join(root, rel)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fp:
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            except InvalidDicomError as exc:
+                raise FileProblem("not_dicom", "no DICOM preamble / DICM prefix") from exc
+            transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
+            rows, columns = _number(ds, 0x00280010), _number(ds, 0x00280011)
+            frames = _number(ds, 0x00280008)
+            frames = 1.0 if frames != frames else frames
+            bits = _number(ds, 0x00280100)
+            samples = _number(ds, 0x00280002)
+            expected = 0
+            if rows == rows and columns == columns and bits == bits:
+                expected = int(rows * columns * frames * (1 if samples != samples else samples) * bits) // 8
+            _check_pixel_data(fp, size, transfer_syntax, expected)
+    except FileProblem:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser failure means "unreadable", never a stopped run
+        raise FileProblem("unreadable", f"{type(exc).__name__}: {exc}") from exc
+    if rows != rows or columns != columns:
+        raise FileProblem("not_an_image", "no Rows / Columns")
+    patient_id = _text(ds, 0x00100020)
+    study_date = _text(ds, 0x00080020)
+    study_uid = _text(ds, 0x0020000D)
+    series_uid = _text(ds, 0x0020000E)
+    frame_uid = _text(ds, 0x00200052)
+    modality = _text(ds, 0x00080060).upper()
+    series_number = _number(ds, 0x00200011)
+    series_description = _text(ds, 0x0008103E)
+    kernel = _first(ds, 0x00181210)
+    thickness = _number(ds, 0x00180050)
+    iop = tuple(_number(ds, 0x00200037, i) for i in range(6))
+    # Anonymised exports may blank the UIDs: fall back on attributes that stay fixed within a study / series.
+    study_key = study_uid or _fallback_key(
+        "study", patient_id, study_date, _text(ds, 0x00080030), _text(ds, 0x00200010), _text(ds, 0x00080050))
+    series_key = series_uid or _fallback_key(
+        "series", study_key, series_number, series_description, modality, frame_uid, kernel, thickness,
+        tuple(round(v, 4) for v in iop), rows, columns, os.path.dirname(rel))
+    institution = _text(ds, 0x00080080) or _text(ds, 0x00080081)
+    study = _dicom_date(study_date)
+    return (
+        rel, size, patient_id, _text(ds, 0x00100040).upper(),
+        _age_years(_text(ds, 0x00101010), _text(ds, 0x00100030), study_date),
+        float(study.year) if study else NAN, study_key, study_uid, series_key, series_uid,
+        _text(ds, 0x00080018), frame_uid, modality, _text(ds, 0x00080008).upper(), _text(ds, 0x00081030),
+        series_description, _text(ds, 0x00181030), series_number, _number(ds, 0x00200013),
+        _text(ds, 0x00080070), _text(ds, 0x00081090), institution, _number(ds, 0x00180060), kernel, thickness,
+        _text(ds, 0x00180010), _text(ds, 0x00180015).upper(), _number(ds, 0x00181120),
+        _number(ds, 0x00200032, 0), _number(ds, 0x00200032, 1), _number(ds, 0x00200032, 2), *iop,
+        _number(ds, 0x00280030, 0), _number(ds, 0x00280030, 1), rows, columns, frames, transfer_syntax,
+    )
+
+
+def scan_chunk(root: str, rels: list[str]) -> tuple[list[tuple], list[tuple]]:
+    """Records and problems of a list of files (one worker task)."""
+    records, problems = [], []
+    with _lenient_pydicom():
+        for rel in rels:
+            try:
+                records.append(read_header(root, rel))
+            except FileProblem as problem:
+                problems.append((rel, problem.code, str(problem)))
+    return records, problems
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def scan_tree(root: str | Path, workers: int = 2, files_per_task: int = 512, follow_symlinks: bool = True,
+              skip_hidden: bool = True, progress: bool = True) -> ScanResult:
+    """Parse the header of every file under ``root`` in ``workers`` processes."""
+    start = time.perf_counter()
+    root = str(Path(root).resolve())
+    rels = list_files(root, follow_symlinks, skip_hidden)
+    chunks = _chunks(rels, max(1, int(files_per_task)))
+    records: list[tuple] = []
+    problems: list[tuple] = []
+    bar = tqdm(total=len(rels), desc="header scan", unit="file", disable=not progress, smoothing=0.1)
+    if workers <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            r, p = scan_chunk(root, chunk)
+            records += r
+            problems += p
+            bar.update(len(chunk))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for chunk, (r, p) in zip(chunks, pool.map(scan_chunk, [root] * len(chunks), chunks)):
+                records += r
+                problems += p
+                bar.update(len(chunk))
+    bar.close()
+    files = pd.DataFrame.from_records(records, columns=list(FILE_COLUMNS))
+    return ScanResult(files, pd.DataFrame.from_records(problems, columns=list(PROBLEM_COLUMNS)), len(rels),
+                      time.perf_counter() - start)
