@@ -9,7 +9,7 @@ DEMO_SUBJECTS ?= 12
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps test demo phantom clean-demo bench-phantom
+.PHONY: help setup system-deps test demo phantom clean-demo bench-phantom bench-eval
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ demo: setup ## Run the pipeline on a small phantom cohort in $(WORKSPACE)
 
 bench-phantom: setup ## Time the generation of 30 phantom subjects at 3 mm
 	@d=$$(mktemp -d); $(PY) -m data_prep.phantom paths.workspace=$$d n_subjects=30 workers=2; rm -rf $$d
+
+bench-eval: setup ## Time evaluation (Dice + NSD) of a 1.5 mm torso-sized subject: reference vs ours vs I/O floor
+	$(PY) -m totalseg_train.evaluate.bench
 
 clean-demo: ## Remove the demo workspace
 	rm -rf $(WORKSPACE)
