@@ -1,0 +1,27 @@
+"""python -m annotation_loop.qa labels_dir=DIR out=DIR: QA sheets, cohort grids and QA flags."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from annotation_loop.qa.render_cohort import render_subjects
+
+
+@hydra.main(config_path="../../configs", config_name="qa", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    subjects = list(cfg.subjects) if cfg.subjects is not None else None
+    summary = render_subjects(cfg.labels_dir, cfg.out, cfg, subjects)
+    flagged = int((summary.flags.n_flags > 0).sum())
+    print(f"QA of {len(summary.flags)} subjects from {cfg.labels_dir}")
+    print(f"  sheets rendered now: {len(summary.rendered)} (up to date: {len(summary.renders) - len(summary.rendered)})")
+    print(f"  subjects with QA flags: {flagged}; flags table: {cfg.out}/flags.csv")
+    for error in summary.errors:
+        print(f"  error: {error}")
+    print(f"  sheets: {cfg.out}/subjects/<subject_id>.png")
+    for grid in summary.grids:
+        print(f"  grid:   {grid}")
+
+
+if __name__ == "__main__":
+    main()

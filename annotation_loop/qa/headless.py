@@ -1,0 +1,38 @@
+"""Offscreen rendering without a display: wgpu on a GPU, or Mesa's software Vulkan on a CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MESA_PACKAGE = "mesa-vulkan-drivers"
+
+
+def prepare_environment() -> None:
+    """Give the Vulkan loader the runtime folder it expects when no desktop session provides one."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        runtime = Path(f"/tmp/runtime-{os.getuid()}")
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+
+
+def require_adapter() -> str:
+    """The summary of the adapter wgpu will render with; a clear error when there is none."""
+    prepare_environment()
+    import wgpu
+
+    try:
+        adapters = wgpu.gpu.enumerate_adapters_sync()
+    except Exception as exc:  # the loader itself fails when no Vulkan/GL driver is installed
+        raise RuntimeError(_no_adapter_message(f" ({exc})")) from exc
+    if not adapters:
+        raise RuntimeError(_no_adapter_message(""))
+    return adapters[0].summary
+
+
+def _no_adapter_message(detail: str) -> str:
+    return (
+        f"no GPU adapter found for offscreen 3D rendering{detail}. On a machine without a GPU install "
+        f"Mesa's software Vulkan driver, Debian package {MESA_PACKAGE}: `sudo apt-get install {MESA_PACKAGE}` "
+        "(or `make system-deps`)."
+    )

@@ -1,0 +1,166 @@
+"""Per-subject measurements of a label map that the QA flags are computed from (no rendering).
+
+Everything is measured in patient coordinates (LPS, mm: x grows to the patient's left, y to
+the back, z to the head), whatever the orientation the file is stored in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from annotation_loop.qa.meshing import VoxelGrid, class_boxes
+from totalseg_train import classes
+
+
+@dataclass(frozen=True)
+class StatsParams:
+    min_component_mm3: float = 1000.0  # smaller islands are ignored when counting components
+    body_hu: float = -500.0  # CT voxels above this are body (or table: only the largest component is kept)
+    isolation_block_mm: float = 6.0  # without a CT: blocks on which the distance between labels is judged
+    isolation_mm: float = 60.0  # without a CT: a piece of a class this far from every other label is outside
+
+
+@dataclass
+class SubjectStats:
+    classes: pd.DataFrame  # one row per class present
+    scan: dict  # subject-level facts: z range of the scan, x range, centre of the labels, body source
+
+
+def _axial_axis(grid: VoxelGrid) -> int:
+    """Array axis (0 = z, 1 = y, 2 = x of the array) that runs closest to the patient's head-foot axis."""
+    direction = np.reshape(grid.direction, (3, 3))
+    image_axis = int(np.argmax(np.abs(direction[2, :])))  # image axis x, y or z
+    return 2 - image_axis
+
+
+def body_mask_from_ct(ct: np.ndarray, grid: VoxelGrid, body_hu: float) -> np.ndarray:
+    """The patient's body: largest connected region above ``body_hu``, holes filled slice by slice.
+
+    Filling in axial slices keeps lungs and bowel gas inside even where the airway leaves the scan.
+    """
+    mask = ct > body_hu
+    components, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    body = components == int(np.argmax(sizes))
+    axis = _axial_axis(grid)
+    moved = np.moveaxis(body, axis, 0)
+    for i in range(moved.shape[0]):
+        moved[i] = ndimage.binary_fill_holes(moved[i])
+    return body
+
+
+def _block_sum(mask: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    pad = [(0, (-n) % f) for n, f in zip(mask.shape, factors)]
+    padded = np.pad(mask, pad)
+    (nz, ny, nx), (fz, fy, fx) = padded.shape, factors
+    return padded.reshape(nz // fz, fz, ny // fy, fy, nx // fx, fx).sum(axis=(1, 3, 5), dtype=np.int64)
+
+
+def isolated_voxels(labels: np.ndarray, grid: VoxelGrid, params: StatsParams):
+    """Without a CT, a function class_id, box -> number of its voxels isolated from all other labels.
+
+    The body is not visible in a label map, but the anatomy is dense: every structure lies close
+    to some other labelled structure. A piece of a class (a connected group of ``isolation_block_mm``
+    blocks) with no other label within ``isolation_mm`` sits apart from the rest of the anatomy:
+    in the air, on the table, or far from where it belongs. Stray labels close to the skin are
+    not seen this way; with a CT the body itself is used.
+    """
+    sx, sy, sz = grid.spacing_xyz
+    factors = tuple(max(1, int(round(params.isolation_block_mm / s))) for s in (sz, sy, sx))
+    any_count = _block_sum(labels > 0, factors)
+    reach = max(1, int(round(params.isolation_mm / params.isolation_block_mm)))
+    cube = np.ones((3, 3, 3), bool)
+
+    def count(class_id: int, box: tuple[slice, ...]) -> int:
+        coarse = tuple(
+            slice(max(0, s.start // f - reach), min(n, (s.stop - 1) // f + reach + 1))
+            for s, f, n in zip(box, factors, any_count.shape)
+        )
+        full = tuple(slice(c.start * f, c.stop * f) for c, f in zip(coarse, factors))
+        own = _block_sum(labels[full] == class_id, factors)[tuple(slice(0, c.stop - c.start) for c in coarse)]
+        others = any_count[coarse] > own
+        near_others = ndimage.binary_dilation(others, structure=cube, iterations=reach)
+        pieces, n = ndimage.label(own > 0, structure=cube)
+        if n == 0:
+            return 0
+        near = ndimage.maximum(near_others, pieces, index=np.arange(1, n + 1))
+        voxels = ndimage.sum(own, pieces, index=np.arange(1, n + 1))
+        return int(np.sum(np.asarray(voxels)[~np.asarray(near, bool)]))
+
+    return count
+
+
+def measure(
+    labels: np.ndarray, grid: VoxelGrid, params: StatsParams = StatsParams(), ct: np.ndarray | None = None
+) -> SubjectStats:
+    """Volume, centroid, extent, components and share outside the body of every class present."""
+    affine = grid.index_to_patient()
+    voxel_mm3 = float(np.prod(grid.spacing_xyz))
+    min_voxels = max(1, int(np.ceil(params.min_component_mm3 / voxel_mm3)))
+    if ct is not None:
+        body = body_mask_from_ct(ct, grid, params.body_hu)
+        body_source = "ct"
+
+        def outside_count(class_id, box, mask):
+            return int(np.count_nonzero(mask & ~body[box]))
+    else:
+        isolated = isolated_voxels(labels, grid, params)
+        body_source = "labels"
+
+        def outside_count(class_id, box, mask):
+            return isolated(class_id, box)
+    rows = []
+    total, weighted = 0, np.zeros(3)
+    for class_id, box in sorted(class_boxes(labels, pad=0).items()):
+        if class_id > classes.num_classes():
+            raise ValueError(f"label id {class_id} is not a v1 class id (1..{classes.num_classes()})")
+        mask = labels[box] == class_id
+        idx = np.nonzero(mask)
+        n = len(idx[0])
+        start = np.array([s.start for s in box])
+        centroid_zyx = np.array([i.mean() for i in idx]) + start
+        centroid = affine[:3, :3] @ centroid_zyx[::-1] + affine[:3, 3]
+        corners = np.array(
+            [[x, y, z, 1.0] for z in (box[0].start, box[0].stop - 1) for y in (box[1].start, box[1].stop - 1)
+             for x in (box[2].start, box[2].stop - 1)]
+        ) @ affine.T
+        components, n_comp = ndimage.label(mask)
+        sizes = np.bincount(components.ravel())[1:]
+        touches = any(s.start == 0 or s.stop == size for s, size in zip(box, labels.shape))
+        outside = outside_count(class_id, box, mask)
+        rows.append(
+            {
+                "class_id": class_id,
+                "class_name": classes.by_id(class_id).name,
+                "voxels": n,
+                "volume_ml": n * voxel_mm3 / 1000.0,
+                "cx": centroid[0],
+                "cy": centroid[1],
+                "cz": centroid[2],
+                "z_top": corners[:, 2].max(),
+                "z_bottom": corners[:, 2].min(),
+                "truncated": bool(touches),
+                "n_components": int(np.count_nonzero(sizes >= min_voxels)),
+                "largest_component_fraction": float(sizes.max() / n),
+                "outside_fraction": outside / n,
+            }
+        )
+        total += n
+        weighted += n * centroid
+    image_corners = grid.corners_patient(labels.shape)
+    scan = {
+        "z_min": float(image_corners[:, 2].min()),
+        "z_max": float(image_corners[:, 2].max()),
+        "x_min": float(image_corners[:, 0].min()),
+        "x_max": float(image_corners[:, 0].max()),
+        "labels_cx": float(weighted[0] / total) if total else np.nan,
+        "body_source": body_source,
+    }
+    return SubjectStats(pd.DataFrame(rows), scan)

@@ -1,0 +1,208 @@
+"""render_subjects: one QA sheet per subject (meshing in worker processes, one renderer), then grids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from tqdm import tqdm
+
+from annotation_loop.qa.compose import SheetText, compose_sheet, coronal_ct_slice
+from annotation_loop.qa.flag_cohort import compute_flags, qa_config
+from annotation_loop.qa.grids import GridLayout, write_grids
+from annotation_loop.qa.groups import ClassGroup, groups_from_config
+from annotation_loop.qa.meshing import ClassMesh, mesh_classes
+from annotation_loop.qa.renderer import RenderStyle, SheetRenderer, View
+from annotation_loop.qa.subjects import SUFFIX, SubjectError, read_ct_image, read_label_map, v1_label_image
+from totalseg_train import classes
+from totalseg_train.atomic import atomic_path, write_table
+
+log = logging.getLogger(__name__)
+
+RENDERS_CSV = "renders.csv"
+RENDER_COLUMNS = ["subject_id", "sheet", "thumb", "labels_mtime_ns", "labels_size", "flags", "settings",
+                  "n_classes", "mesh_seconds", "render_seconds", "rendered_at"]
+
+
+@dataclass
+class MeshedSubject:
+    subject_id: str
+    group_meshes: list[list[ClassMesh]]
+    n_classes: int
+    ct_slice: np.ndarray | None
+    mesh_seconds: float
+    error: str | None = None
+
+
+@dataclass
+class RenderSummary:
+    renders: pd.DataFrame  # one row per subject with a sheet
+    flags: pd.DataFrame
+    grids: list[Path]
+    rendered: list[str]  # subjects rendered by this call (the others were up to date)
+    errors: list[str]
+
+
+def class_colours() -> dict[int, tuple[int, int, int]]:
+    return {c.id: classes.class_colour(c.id) for c in classes.all_classes()}
+
+
+def views_from_config(specs) -> list[View]:
+    return [View(str(v["name"]), tuple(float(x) for x in v["look"]), tuple(float(x) for x in v.get("up", (0, 0, 1))))
+            for v in specs]
+
+
+def style_from_config(render: DictConfig) -> RenderStyle:
+    return RenderStyle(
+        panel_height=int(render.panel_height),
+        max_panel_width=int(render.max_panel_width),
+        sheet_aspect=float(render.sheet_aspect),
+        min_panel_width=int(render.min_panel_width),
+        background=tuple(float(c) for c in render.background),
+        material=str(render.material),
+    )
+
+
+def mesh_subject(path: str, images_dir: str | None, labels_version: str, render: dict,
+                 groups: list[ClassGroup]) -> MeshedSubject:
+    """Read one label map and mesh its classes per group (and cut the CT slice if asked)."""
+    start = time.perf_counter()
+    subject = Path(path).name[: -len(SUFFIX)]
+    try:
+        label_map = read_label_map(path, labels_version)
+        meshes = mesh_classes(label_map.labels, label_map.grid, render["mesh_spacing_mm"], render["smooth_sigma"])
+        ct_slice = None
+        if render["ct_slice"]:
+            ct = read_ct_image(label_map, images_dir)
+            if ct is not None:
+                ct_slice = coronal_ct_slice(ct, v1_label_image(label_map), class_colours(), tuple(render["ct_window"]))
+    except SubjectError as exc:
+        return MeshedSubject(subject, [], 0, None, 0.0, str(exc))
+    by_group = [[m for m in meshes if m.class_id in set(g.class_ids)] for g in groups]
+    return MeshedSubject(subject, by_group, len(meshes), ct_slice, time.perf_counter() - start)
+
+
+def _settings_key(cfg: DictConfig) -> str:
+    """Fingerprint of everything that changes how a sheet looks: a changed setting re-renders."""
+    render = OmegaConf.to_container(cfg.render, resolve=True)
+    text = json.dumps({"render": render, "labels_version": cfg.labels_version}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _up_to_date(previous: pd.DataFrame, subject: str, path: Path, flags: str, settings: str, out: Path) -> bool:
+    if subject not in previous.index or not (out / "subjects" / f"{subject}.png").exists():
+        return False
+    row = previous.loc[subject]
+    stat = path.stat()
+    return (int(row.labels_mtime_ns) == stat.st_mtime_ns and int(row.labels_size) == stat.st_size
+            and str(row.flags) == flags and str(row.settings) == settings)
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def render_subjects(
+    labels_dir: str | Path,
+    out_dir: str | Path,
+    cfg: DictConfig | None = None,
+    subject_ids: list[str] | None = None,
+    progress: bool = True,
+) -> RenderSummary:
+    """QA sheets ``<out>/subjects/<id>.png`` (+ thumbnails), grids ``<out>/grids/grid_XXX.png``, ``flags.csv``.
+
+    Subjects whose sheet is up to date (same label file, flags and render settings) are skipped.
+    """
+    cfg = qa_config(cfg)
+    labels_dir, out = Path(labels_dir), Path(out_dir)
+    flags = compute_flags(labels_dir, out, cfg, subject_ids, progress=progress)
+    flag_text = dict(zip(flags["subject_id"], flags["flags"]))
+    groups = groups_from_config(cfg.render.groups)
+    settings = _settings_key(cfg)
+    renders_csv = out / RENDERS_CSV
+    previous = (pd.read_csv(renders_csv, keep_default_na=False, dtype={"subject_id": str}).set_index("subject_id")
+                if renders_csv.exists() else pd.DataFrame(columns=RENDER_COLUMNS).set_index("subject_id"))
+    todo = [s for s in flags.subject_id
+            if cfg.overwrite or not _up_to_date(previous, s, labels_dir / f"{s}{SUFFIX}", flag_text[s], settings, out)]
+    records = {s: previous.loc[s].to_dict() for s in flags.subject_id if s in previous.index and s not in todo}
+    errors: list[str] = []
+    if todo:
+        _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, records, errors, progress)
+    renders = pd.DataFrame([{"subject_id": s, **records[s]} for s in flags.subject_id if s in records],
+                           columns=RENDER_COLUMNS)
+    write_table(renders, renders_csv)
+    layout = GridLayout(**OmegaConf.to_container(cfg.grid, resolve=True))
+    grids = write_grids(out / "subjects", flags[flags.subject_id.isin(records)], out / "grids", layout)
+    return RenderSummary(renders, flags, grids, [s for s in todo if s in records], errors)
+
+
+def _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, records, errors, progress) -> None:
+    render = OmegaConf.to_container(cfg.render, resolve=True)
+    images_dir = str(cfg.images_dir) if cfg.get("images_dir") else None
+    renderer = SheetRenderer(len(groups), views_from_config(render["views"]), style_from_config(cfg.render))
+    colours = class_colours()
+    workers = max(1, min(int(cfg.workers), len(todo)))
+    paths = [str(labels_dir / f"{s}{SUFFIX}") for s in todo]
+    args = lambda chunk: (chunk, [images_dir] * len(chunk), [cfg.labels_version] * len(chunk),  # noqa: E731
+                          [render] * len(chunk), [groups] * len(chunk))
+    bar = tqdm(total=len(todo), desc="QA sheets", unit="subject", disable=not progress)
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        # Meshes of a few subjects at a time: workers mesh the next subjects while this process renders.
+        step = 2 * workers
+        for start in range(0, len(paths), step):
+            chunk = paths[start : start + step]
+            meshed_iter = pool.map(mesh_subject, *args(chunk)) if pool else map(mesh_subject, *args(chunk))
+            for path, meshed in zip(chunk, meshed_iter):
+                bar.update()
+                if meshed.error:
+                    log.error(meshed.error)
+                    errors.append(meshed.error)
+                    continue
+                records[meshed.subject_id] = _render_one(meshed, Path(path), out, renderer, groups, colours,
+                                                         flag_text[meshed.subject_id], settings,
+                                                         int(render["thumb_height"]))
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown()
+        renderer.close()
+
+
+def _render_one(meshed: MeshedSubject, labels_path: Path, out: Path, renderer: SheetRenderer, groups, colours,
+                flags: str, settings: str, thumb_height: int) -> dict:
+    start = time.perf_counter()
+    frame, panels = renderer.render(meshed.group_meshes, colours)
+    note = f"{meshed.n_classes} classes" + (", CT coronal slice" if meshed.ct_slice is not None else ", labels only")
+    sheet = compose_sheet(frame, panels, [g.name for g in groups], SheetText(meshed.subject_id, flags, note),
+                          meshed.ct_slice)
+    sheet_path = out / "subjects" / f"{meshed.subject_id}.png"
+    thumb_path = out / "thumbs" / f"{meshed.subject_id}.png"
+    _save_png(sheet, sheet_path)
+    thumb = sheet.copy()
+    thumb.thumbnail((10 * thumb_height, thumb_height), Image.LANCZOS)
+    _save_png(thumb, thumb_path)
+    stat = labels_path.stat()
+    return {
+        "sheet": str(sheet_path.relative_to(out)),
+        "thumb": str(thumb_path.relative_to(out)),
+        "labels_mtime_ns": stat.st_mtime_ns,
+        "labels_size": stat.st_size,
+        "flags": flags,
+        "settings": settings,
+        "n_classes": meshed.n_classes,
+        "mesh_seconds": round(meshed.mesh_seconds, 3),
+        "render_seconds": round(time.perf_counter() - start, 3),
+        "rendered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
