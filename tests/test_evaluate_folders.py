@@ -151,6 +151,9 @@ def test_subjects_without_ground_truth_are_errors(cohort, tmp_path):
     gt_dir, pred_dir, _ = cohort
     summary = evaluate_folders(gt_dir, pred_dir, tmp_path, subjects=["s01", "s77"], progress=False)
     assert summary["subjects"]["scored"] == 1 and "ground truth missing" in summary["subjects"]["failed"]["s77"]
+    nothing = evaluate_folders(gt_dir, pred_dir, tmp_path / "none", subjects=["s77"], progress=False)
+    assert nothing["overall"]["n_pairs"] == 0 and nothing["overall"]["dice"]["mean"] is None
+    assert pd.read_parquet(tmp_path / "none" / "scores.parquet").empty
 
 
 def test_parallel_workers_give_the_same_table(cohort, evaluated, tmp_path):

@@ -120,6 +120,19 @@ def test_empty_label_maps_give_only_nan():
     assert scores["dice"].isna().all() and scores["nsd"].isna().all() and not scores["false_positive"].any()
 
 
+def test_label_ids_outside_the_class_table_are_rejected_and_integral_floats_accepted():
+    gt = np.zeros((4, 5, 6), np.int16)
+    gt[1:3, 1:3, 1:3] = 104
+    pred = gt.copy()
+    pred[0, 0, 0], pred[0, 0, 1] = 105, -1
+    with pytest.raises(ValueError, match=r"prediction: label ids outside the class table.*\[-1, 105\]"):
+        score_pair(gt, pred, (1.0, 1.0, 1.0), 1.0)
+    with pytest.raises(ValueError, match=r"ground truth: .*2\.5"):
+        score_pair(np.full((2, 2, 2), 2.5), gt[:2, :2, :2], (1.0, 1.0, 1.0), 1.0)
+    scores = score_pair(gt.astype(np.float32), gt, (1.0, 1.0, 1.0), 1.0).set_index("class_id")
+    assert scores.at[104, "dice"] == 1.0 and scores.at[104, "gt_voxels"] == 8
+
+
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.5, 1.5, 1.5), (2.5, 0.7, 1.3)])
 def test_surfel_areas_equal_the_reference_table(spacing):
     expected = lookup_tables.create_table_neighbour_code_to_surface_area(spacing)

@@ -24,7 +24,7 @@ from totalseg_train.evaluate.surface import surface_dice
 N_LABELS = classes.num_classes() + 1  # background + the class ids
 
 
-def invalid_label_ids(labels: np.ndarray) -> list[int]:
+def invalid_label_ids(labels: np.ndarray) -> list[int | float]:
     """Values of a label map that are not background or a class id of the table."""
     if labels.size == 0:
         return []
@@ -48,16 +48,13 @@ def _foreground_box(gt: np.ndarray, pred: np.ndarray) -> tuple[slice, ...] | Non
     return tuple(box)
 
 
-def _union_box(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tuple[slice, ...]:
-    if a is None or b is None:
-        return a if b is None else b
+def _union_box(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
 def _class_boxes(labels: np.ndarray) -> list[tuple[slice, ...] | None]:
     """Bounding box of every class id (index = id), None where absent."""
-    boxes = ndimage.find_objects(labels, max_label=N_LABELS - 1) if labels.size else []
-    return [None, *boxes] + [None] * (N_LABELS - 1 - len(boxes))
+    return [None, *ndimage.find_objects(labels, max_label=N_LABELS - 1)]
 
 
 def score_pair(
