@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from totalseg_train.evaluate.aggregate import BootstrapSettings
 from totalseg_train.evaluate.folders import SCORES_FILE, SUMMARY_FILE, evaluate_folders
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("totalseg_train.evaluate")
 
 
 def _format(entry: dict) -> str:
