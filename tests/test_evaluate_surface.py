@@ -57,7 +57,7 @@ def perturbed(rng, labels, class_ids):
     return pred
 
 
-@settings(max_examples=70, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     shape=st.tuples(*[st.integers(1, 14)] * 3),
     spacing=st.tuples(*[st.floats(0.3, 3.5, allow_nan=False)] * 3),
@@ -73,7 +73,7 @@ def test_random_label_maps_match_the_reference(shape, spacing, tolerance_mm, n_c
     assert_matches_reference(gt, perturbed(rng, gt, class_ids), spacing, tolerance_mm)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     spacing=st.sampled_from([(1.5, 1.5, 1.5), (3.0, 3.0, 3.0), (1.0, 1.0, 1.0), (2.5, 0.8, 0.8)]),
     shift=st.tuples(*[st.integers(-3, 3)] * 3),
