@@ -27,9 +27,6 @@ from importlib import resources
 
 import numpy as np
 
-NO_SURFACE_CODES = (0, 255)
-
-
 @lru_cache(maxsize=1)
 def _surfel_normals() -> tuple[np.ndarray, np.ndarray]:
     """(code per normal, normals (n, 3)) of the 256 neighbourhood codes, from the reference's table."""
@@ -123,7 +120,7 @@ def surface_dice(
 
     surfel_grids, surfel_indices, surfel_areas = [], [], []
     for code in (code_gt, code_pred):
-        is_surfel = (code != NO_SURFACE_CODES[0]) & (code != NO_SURFACE_CODES[1])
+        is_surfel = (code != 0) & (code != 255)  # neighbourhood all outside or all inside: no surface
         grid = np.zeros(grid_shape, dtype=bool)
         grid[inner] = is_surfel
         grid = grid.ravel()
