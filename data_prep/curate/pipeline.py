@@ -29,6 +29,7 @@ SERIES_TABLE = "series.parquet"
 SUBJECTS_TABLE = "subjects.csv"
 SUMMARY_FILE = "curation.json"
 PROBLEMS_FILE = "unreadable_files.csv"       # in the private folder: paths may name patients
+ERRORS_FILE = "conversion_errors.csv"        # in the private folder: error messages may hold paths
 CHARACTERISTICS = "characteristics"          # .md and .csv in the reports folder
 UNREADABLE = "unreadable"
 
@@ -98,16 +99,30 @@ def _assign_people(series: pd.DataFrame, store: PseudonymStore, consent_reason: 
     out = series.copy()
     out["series_id"] = out["series_key"].map(store.assign("series", out["series_key"]))
     ok = out["reason"] != consent_reason
-    patient_key = out["patient_id"].where(out["patient_id"] != "", "study:" + out["study_key"])
+    patient_key = _patient_keys(out)
     patients = store.assign("patient", patient_key[ok])
     exams = store.assign("exam", out.loc[ok, "study_key"])
     sites = store.assign("site", out.loc[ok & (out["institution"] != ""), "institution"])
-    out["patient_key"] = patient_key
     out["patient"] = patient_key.map(patients).where(ok, "")
     out["exam"] = out["study_key"].map(exams).where(ok, "")
     out["site"] = out["institution"].map(sites).fillna("unknown").where(ok, "")
     out["age"] = out["age"].clip(upper=max_age)
     return out
+
+
+def _patient_keys(series: pd.DataFrame) -> pd.Series:
+    """PatientID, or the exam's key where an anonymised export left it empty (one exam, one patient)."""
+    return series["patient_id"].where(series["patient_id"] != "", "study:" + series["study_key"])
+
+
+def _forget_without_consent(series: pd.DataFrame, store: PseudonymStore, consent_reason: str) -> None:
+    """A patient who withdrew consent leaves the key: identifying originals are dropped, ids retired."""
+    gone = series[series["reason"] == consent_reason]
+    retired = store.forget_subjects(gone["series_key"])
+    store.forget("patient", _patient_keys(gone))
+    store.forget("exam", gone["study_key"])
+    if retired:
+        log.info("consent no longer given: %d curated subjects retired (%s)", len(retired), ", ".join(retired))
 
 
 def _exclude(series: pd.DataFrame, mask, reason: str, details) -> None:
@@ -167,6 +182,7 @@ def curate(cfg: DictConfig) -> CurationSummary:
     series = apply_rules(series, cfg.rules, RuleContext(consent))
 
     store = PseudonymStore(private)
+    _forget_without_consent(series, store, cfg.rules.consent.reason)
     curated_before = store.subject_ids()
     series = select_series(series, cfg.selection, set(curated_before))
     series = _assign_people(series, store, cfg.rules.consent.reason, float(cfg.pseudonymise.max_age))
@@ -188,7 +204,11 @@ def curate(cfg: DictConfig) -> CurationSummary:
     n_converted, failed = _convert(todo, grouped.files, root, images, provenance, cfg)
     unreadable = series["series_key"].isin(failed)
     _exclude(series, unreadable, UNREADABLE,
-             [f"conversion failed: {failed[k]}" for k in series.loc[unreadable, "series_key"]])
+             [f"conversion failed: {failed[k].split(':')[0]} (message in the private {ERRORS_FILE})"
+              for k in series.loc[unreadable, "series_key"]])
+    write_table(pd.DataFrame({"series_id": series.loc[unreadable, "series_id"],
+                              "error": [failed[k] for k in series.loc[unreadable, "series_key"]]}),
+                private / ERRORS_FILE)
     convert_seconds = time.perf_counter() - start
     if failed:
         log.warning("%d series could not be converted (reason %r in %s)", len(failed), UNREADABLE, SERIES_TABLE)
@@ -209,11 +229,14 @@ def curate(cfg: DictConfig) -> CurationSummary:
     series["paired_series_id"] = paired.map(ids).fillna("")
     series["paired_subject_id"] = paired.map(subject_ids).fillna("").where(included_mask, "")
 
+    for column in ("age", "study_year", "series_number", "kvp", "n_slices", "rows", "columns", "frames",
+                   "duplicate_positions"):
+        series[column] = pd.to_numeric(series[column], errors="coerce").round().astype("Int64")
     table = series[SERIES_COLUMNS].copy()
     no_consent = series["reason"] == cfg.rules.consent.reason
-    blank = [c for c in SERIES_COLUMNS if c not in NO_CONSENT_COLUMNS]
-    table[blank] = table[blank].astype(object)
-    table.loc[no_consent, blank] = None
+    for column in SERIES_COLUMNS:
+        if column not in NO_CONSENT_COLUMNS:
+            table[column] = table[column].mask(no_consent)
     table = table.sort_values("series_id").reset_index(drop=True)
     subjects = series.loc[included_mask, SUBJECT_COLUMNS].sort_values("subject_id").reset_index(drop=True)
 

@@ -17,6 +17,7 @@ from totalseg_train.atomic import write_table
 KEY_FILE = "pseudonym_key.csv"          # the contract's subject key
 PSEUDONYMS_FILE = "pseudonyms.csv"      # every other mapping: kind, original, pseudonym
 KEY_COLUMNS = ["subject_id", "patient", "exam", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "series_key"]
+RETIRED = "retired:"                    # original of a pseudonym whose patient withdrew consent
 FORMATS = {"subject": "s{:04d}", "patient": "pat{:04d}", "exam": "ex{:04d}", "site": "site{}", "series": "ser{:05d}"}
 
 
@@ -69,6 +70,23 @@ class PseudonymStore:
                             "SeriesInstanceUID": row.series_uid, "series_key": row.series_key})
         if records:
             self.key = pd.concat([self.key, pd.DataFrame(records, columns=KEY_COLUMNS)], ignore_index=True)
+
+    def forget(self, kind: str, originals: Iterable[str]) -> None:
+        """Drop the originals behind pseudonyms (consent withdrawn); the pseudonyms stay retired, never reused."""
+        known = self._maps[kind]
+        for original in set(originals) & set(known):
+            pseudonym = known.pop(original)
+            known[f"{RETIRED}{pseudonym}"] = pseudonym
+
+    def forget_subjects(self, series_keys: Iterable[str]) -> list[str]:
+        """Blank the identifying columns of these series' key rows; returns the subject ids retired."""
+        rows = self.key["series_key"].isin(set(series_keys))
+        retired = self.key.loc[rows, "subject_id"].tolist()
+        for column in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID"):
+            self.key.loc[rows, column] = ""
+        self.key.loc[rows, "series_key"] = RETIRED + self.key.loc[rows, "subject_id"]
+        self._maps["subject"] = dict(zip(self.key["series_key"], self.key["subject_id"]))
+        return retired
 
     def save(self) -> None:
         """Write both private tables (atomically), before anything derived from them is written."""

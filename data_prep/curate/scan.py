@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 import time
 from collections.abc import Iterator
@@ -136,6 +137,21 @@ def _age_years(age_text: str, birth: str, study: str) -> float:
     return float(s.year - b.year - ((s.month, s.day) < (b.month, b.day)))
 
 
+def _scrub(text: str, secrets: list[str]) -> str:
+    """``text`` without any of ``secrets`` (case-insensitive): descriptions typed by hand can hold a name."""
+    for secret in secrets:
+        if secret.lower() in text.lower():
+            text = re.sub(re.escape(secret), "[removed]", text, flags=re.IGNORECASE)
+    return text
+
+
+def _identifiers(ds) -> list[str]:
+    """The patient's identifying strings (name parts, ids, birth date) worth searching for in free text."""
+    name = re.split(r"[\\^=,\s]+", _text(ds, 0x00100010))
+    values = [*name, _text(ds, 0x00100020), _text(ds, 0x00080050), _text(ds, 0x00100030)]
+    return sorted({v for v in values if len(v) >= 3}, key=len, reverse=True)
+
+
 def _fallback_key(kind: str, *parts) -> str:
     digest = hashlib.sha1("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:20]
     return f"{kind}:{digest}"
@@ -158,13 +174,29 @@ def _check_pixel_data(fp, size: int, transfer_syntax: str, expected_bytes: int) 
             raise FileProblem("truncated", "pixel data element cut off")
         length, header = struct.unpack("<I" if little else ">I", head[8:12])[0], 12
     available = size - pos - header
-    if length == 0xFFFFFFFF:  # encapsulated (compressed): at least one fragment must follow
-        if available < 8:
-            raise FileProblem("truncated", "compressed pixel data cut off")
+    if length == 0xFFFFFFFF:
+        _check_fragments(fp, size, little)
     elif length > available:
         raise FileProblem("truncated", f"pixel data holds {max(available, 0)} of {length} bytes")
     elif expected_bytes and length < expected_bytes:
         raise FileProblem("truncated", f"pixel data holds {length} bytes, the image needs {expected_bytes}")
+
+
+def _check_fragments(fp, size: int, little: bool) -> None:
+    """Encapsulated (compressed) pixel data: every item must fit in the file, and the sequence must end."""
+    layout = "<HHI" if little else ">HHI"
+    while True:
+        head = fp.read(8)
+        if len(head) < 8:
+            raise FileProblem("truncated", "compressed pixel data cut off (no sequence delimiter)")
+        group, element, length = struct.unpack(layout, head)
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return
+        if (group, element) != (0xFFFE, 0xE000):
+            raise FileProblem("unreadable", f"unexpected element ({group:04X},{element:04X}) in compressed pixel data")
+        if fp.tell() + length > size:
+            raise FileProblem("truncated", f"compressed pixel data fragment of {length} bytes cut off")
+        fp.seek(length, os.SEEK_CUR)
 
 
 def read_header(root: str, rel: str) -> tuple:
@@ -178,6 +210,8 @@ def read_header(root: str, rel: str) -> tuple:
             except InvalidDicomError as exc:
                 raise FileProblem("not_dicom", "no DICOM preamble / DICM prefix") from exc
             transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
+            if 0x00080016 not in ds and 0x00080060 not in ds:
+                raise FileProblem("unreadable", "neither SOPClassUID nor Modality: not a readable DICOM dataset")
             rows, columns = _number(ds, 0x00280010), _number(ds, 0x00280011)
             frames = _number(ds, 0x00280008)
             frames = 1.0 if frames != frames else frames
@@ -212,12 +246,14 @@ def read_header(root: str, rel: str) -> tuple:
         tuple(round(v, 4) for v in iop), rows, columns, os.path.dirname(rel))
     institution = _text(ds, 0x00080080) or _text(ds, 0x00080081)
     study = _dicom_date(study_date)
+    secrets = _identifiers(ds)
     return (
         rel, size, patient_id, _text(ds, 0x00100040).upper(),
         _age_years(_text(ds, 0x00101010), _text(ds, 0x00100030), study_date),
         float(study.year) if study else NAN, study_key, study_uid, series_key, series_uid,
-        _text(ds, 0x00080018), frame_uid, modality, _text(ds, 0x00080008).upper(), _text(ds, 0x00081030),
-        series_description, _text(ds, 0x00181030), series_number, _number(ds, 0x00200013),
+        _text(ds, 0x00080018), frame_uid, modality, _text(ds, 0x00080008).upper(),
+        _scrub(_text(ds, 0x00081030), secrets), _scrub(series_description, secrets),
+        _scrub(_text(ds, 0x00181030), secrets), series_number, _number(ds, 0x00200013),
         _text(ds, 0x00080070), _text(ds, 0x00081090), institution, _number(ds, 0x00180060), kernel, thickness,
         _text(ds, 0x00180010), _text(ds, 0x00180015).upper(), _number(ds, 0x00181120),
         _number(ds, 0x00200032, 0), _number(ds, 0x00200032, 1), _number(ds, 0x00200032, 2), *iop,
