@@ -82,7 +82,7 @@ def compute_flags(
         log.error(error)
     good = [(s, c, scan) for s, c, scan, e in results if not e]
     stats = pd.concat([c for _, c, _ in good], ignore_index=True) if good else pd.DataFrame(
-        columns=["subject_id", "class_name", "cx", "cz", "truncated", "volume_ml", "n_components", "outside_fraction"])
+        columns=["subject_id", "class_name", "cx", "cz", "truncated", "volume_ml", "n_components", "outside_fraction", "outside_ml"])
     scans = pd.DataFrame([scan for _, _, scan in good], index=pd.Index([s for s, _, _ in good], name="subject_id"))
     table, findings = cohort_flags(stats, scans, FlagParams(**OmegaConf.to_container(cfg.flags.rules, resolve=True)))
     if out_dir is not None:

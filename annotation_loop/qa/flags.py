@@ -35,7 +35,8 @@ class FlagParams:
     min_cohort: int = 5  # complete instances of a class needed to judge its volume
     midline_margin_mm: float = 15.0  # a one-sided structure this far on the wrong side of the midline
     order_min_step_mm: float = 0.0  # a vertebra/rib must lie at least this much below the one above
-    max_outside_fraction: float = 0.05  # share of a class outside the body that raises a flag
+    max_outside_fraction: float = 0.05  # share of a class outside the body that raises a flag...
+    min_outside_ml: float = 1.0  # ...as does this volume of it outside the body (a stray piece of a big organ)
 
 
 def _finding(subject: str, flag: str, name: str, detail: str) -> dict:
@@ -229,10 +230,11 @@ def order_violations(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
 
 
 def outside_body(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) -> list[dict]:
-    bad = stats[stats.outside_fraction > p.max_outside_fraction]
+    bad = stats[(stats.outside_fraction > p.max_outside_fraction) | (stats.outside_ml >= p.min_outside_ml)]
     return [
         _finding(r.subject_id, "outside_body", r.class_name,
-                 f"{r.outside_fraction:.0%} outside the body ({scans.body_source[r.subject_id]})")
+                 f"{r.outside_ml:.1f} ml ({r.outside_fraction:.0%}) outside the body "
+                 f"(judged from the {scans.body_source[r.subject_id]})")
         for r in bad.itertuples()
     ]
 

@@ -17,17 +17,17 @@ def prepare_environment() -> None:
 
 
 def require_adapter() -> str:
-    """The summary of the adapter wgpu will render with; a clear error when there is none."""
+    """The summary of the adapter wgpu renders with (the one pygfx will pick); a clear error when there is none."""
     prepare_environment()
     import wgpu
 
     try:
-        adapters = wgpu.gpu.enumerate_adapters_sync()
-    except Exception as exc:  # the loader itself fails when no Vulkan/GL driver is installed
+        adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    except Exception as exc:  # wgpu raises when no Vulkan / Metal / D3D12 / GL driver offers an adapter
         raise RuntimeError(_no_adapter_message(f" ({exc})")) from exc
-    if not adapters:
+    if adapter is None:
         raise RuntimeError(_no_adapter_message(""))
-    return adapters[0].summary
+    return adapter.summary
 
 
 def _no_adapter_message(detail: str) -> str:

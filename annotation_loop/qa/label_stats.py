@@ -150,6 +150,7 @@ def measure(
                 "n_components": int(np.count_nonzero(sizes >= min_voxels)),
                 "largest_component_fraction": float(sizes.max() / n),
                 "outside_fraction": outside / n,
+                "outside_ml": outside * voxel_mm3 / 1000.0,
             }
         )
         total += n

@@ -104,8 +104,8 @@ def _up_to_date(previous: pd.DataFrame, subject: str, path: Path, flags: str, se
         return False
     row = previous.loc[subject]
     stat = path.stat()
-    return (int(row.labels_mtime_ns) == stat.st_mtime_ns and int(row.labels_size) == stat.st_size
-            and str(row.flags) == flags and str(row.settings) == settings)
+    return (int(row["labels_mtime_ns"]) == stat.st_mtime_ns and int(row["labels_size"]) == stat.st_size
+            and str(row["flags"]) == flags and str(row["settings"]) == settings)
 
 
 def _save_png(image: Image.Image, path: Path) -> None:

@@ -1,0 +1,294 @@
+"""QA sheets (fury offscreen), cohort grids and automatic QA flags on phantom and real label maps."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from annotation_loop.qa import compute_flags, render_subjects
+from annotation_loop.qa.flags import FLAGS, FlagParams, cohort_flags, robust_z
+from annotation_loop.qa.groups import groups_from_config, ungrouped
+from annotation_loop.qa.label_stats import measure
+from annotation_loop.qa.meshing import VoxelGrid, mesh_classes
+from annotation_loop.qa.render_cohort import class_colours, style_from_config, views_from_config
+from annotation_loop.qa.renderer import SheetRenderer
+from annotation_loop.qa.subjects import read_label_map
+from totalseg_train import classes
+from totalseg_train.config import compose_config
+from totalseg_train.images import image_from_array
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _qa_cfg(*overrides: str):
+    return compose_config("qa", ["labels_dir=unused", "images_dir=null", "workers=2", *overrides])
+
+
+def _write_like(array: np.ndarray, reference: Path, path: Path) -> None:
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.CopyInformation(sitk.ReadImage(str(reference)))
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def _swap(labels: np.ndarray, a: str, b: str) -> np.ndarray:
+    out = labels.copy()
+    out[labels == classes.id_of(a)] = classes.id_of(b)
+    out[labels == classes.id_of(b)] = classes.id_of(a)
+    return out
+
+
+@pytest.fixture(scope="module")
+def flag_cohort(phantom_cohort, phantom_index, tmp_path_factory) -> Path:
+    """The included CT series of the phantom as a label folder, plus copies with deliberate errors."""
+    folder = tmp_path_factory.mktemp("qa_labels")
+    included = phantom_index[phantom_index.expected == "included"]
+    for row in included.itertuples():
+        shutil.copy(phantom_cohort / row.truth_file, folder / f"{Path(row.truth_file).name}")
+    base = folder / f"{Path(included[included.extent == 'thorax_abdomen'].truth_file.iloc[0]).name}"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(base)))
+    _write_like(_swap(labels, "kidney_left", "kidney_right"), base, folder / "err_swap.nii.gz")
+    no_spleen = labels.copy()
+    no_spleen[labels == classes.id_of("spleen")] = 0
+    _write_like(no_spleen, base, folder / "err_missing.nii.gz")
+    _write_like(_swap(labels, "vertebrae_T6", "vertebrae_T10"), base, folder / "err_order.nii.gz")
+    scattered = labels.copy()
+    liver = np.argwhere(labels == classes.id_of("liver"))
+    for k in range(5):  # five 12 mm islands of liver label in the lower pelvis, far from the liver
+        z, y, x = 2 + 5 * k, labels.shape[1] // 2, labels.shape[2] // 2
+        scattered[z : z + 4, y : y + 4, x : x + 4] = classes.id_of("liver")
+    assert len(liver)
+    _write_like(scattered, base, folder / "err_fragments.nii.gz")
+    outside = labels.copy()
+    outside[-6:, :5, :5] = classes.id_of("spleen")  # a blob in the corner of the field of view, in the air
+    _write_like(outside, base, folder / "err_outside.nii.gz")
+    (folder / "err_broken.nii.gz").write_bytes(b"not a nifti file")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def flags(flag_cohort, tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    out = tmp_path_factory.mktemp("qa_flags")
+    table = compute_flags(flag_cohort, out, _qa_cfg(), progress=False)
+    findings = pd.read_csv(out / "flag_findings.csv", keep_default_na=False)
+    return table.set_index("subject_id"), findings, out
+
+
+def _findings(findings: pd.DataFrame, subject: str, flag: str) -> set[str]:
+    return set(findings[(findings.subject_id == subject) & (findings.flag == flag)].class_name)
+
+
+def test_flags_table_has_one_row_per_readable_subject(flags, flag_cohort):
+    table, _, out = flags
+    readable = {p.name[: -len(".nii.gz")] for p in flag_cohort.glob("*.nii.gz")} - {"err_broken"}
+    assert set(table.index) == readable
+    assert list(table.columns) == [*FLAGS, "n_flags", "flags"]
+    assert (table.n_flags == table[list(FLAGS)].sum(axis=1)).all()
+    written = pd.read_csv(out / "flags.csv", keep_default_na=False)
+    assert len(written) == len(readable)
+    errors = pd.read_csv(out / "errors.csv")
+    assert errors.subject_id.tolist() == ["err_broken"]
+    assert "err_broken.nii.gz" in errors.error[0] and "cannot read" in errors.error[0]
+
+
+def test_deliberate_left_right_swap_is_flagged(flags):
+    table, findings, _ = flags
+    assert table.loc["err_swap", "lr_swap"]
+    assert "kidney_left/kidney_right" in _findings(findings, "err_swap", "lr_swap")
+    originals = [s for s in table.index if not s.startswith("err_")]
+    assert not table.loc[originals, "lr_swap"].any(), table.loc[originals, "flags"]
+
+
+def test_missing_organ_is_flagged(flags):
+    table, findings, _ = flags
+    assert table.loc["err_missing", "missing_expected"]
+    assert "spleen" in _findings(findings, "err_missing", "missing_expected")
+    for subject in table.index:
+        if subject != "err_missing":
+            assert "spleen" not in _findings(findings, subject, "missing_expected")
+
+
+def test_order_fragments_and_outside_labels_are_flagged(flags):
+    table, findings, _ = flags
+    assert table.loc["err_order", "order_violation"]
+    assert {"vertebrae_T6/vertebrae_T7", "vertebrae_T9/vertebrae_T10"} <= _findings(findings, "err_order", "order_violation")
+    assert "liver" in _findings(findings, "err_fragments", "fragmented")
+    assert "spleen" in _findings(findings, "err_outside", "outside_body")
+    originals = [s for s in table.index if not s.startswith("err_")]
+    assert not table.loc[originals, ["order_violation", "outside_body"]].any().any()
+
+
+def test_outside_body_uses_the_ct_when_there_is_one():
+    labels = np.zeros((20, 40, 40), np.uint8)
+    ct = np.full(labels.shape, -1000.0, np.float32)
+    ct[:, 10:30, 10:30] = 40.0  # the body
+    ct[:, 18:22, 18:22] = -900.0  # air inside the body (a lung) stays body
+    labels[5:15, 12:20, 12:20] = classes.id_of("liver")
+    labels[5:15, 18:22, 18:22] = classes.id_of("lung_lower_lobe_right")
+    labels[5:10, 2:6, 2:6] = classes.id_of("spleen")  # in the air beside the body
+    grid = VoxelGrid((3.0, 3.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    stats = measure(labels, grid, ct=ct).classes.set_index("class_name")
+    assert stats.outside_fraction["spleen"] == 1.0
+    assert stats.outside_fraction["liver"] == 0.0
+    assert stats.outside_fraction["lung_lower_lobe_right"] == 0.0
+
+
+def test_left_right_uses_patient_coordinates_of_a_ras_stored_file():
+    """x grows to the patient's left in LPS; a RAS-stored file has direction diag(-1, -1, 1)."""
+    labels = np.zeros((10, 30, 40), np.uint8)
+    labels[3:7, 10:20, 2:8] = classes.id_of("kidney_left")  # array x small = LPS x large (direction -1)
+    labels[3:7, 10:20, 32:38] = classes.id_of("kidney_right")
+    ras = VoxelGrid((3.0, 3.0, 3.0), (60.0, 45.0, 0.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    stats = measure(labels, ras)
+    rows = stats.classes.set_index("class_name")
+    assert rows.cx["kidney_left"] > 0 > rows.cx["kidney_right"]
+    scans = pd.DataFrame([stats.scan], index=pd.Index(["s"], name="subject_id"))
+    table, _ = cohort_flags(stats.classes.assign(subject_id="s"), scans)
+    assert not table.lr_swap.iloc[0]
+    lps = VoxelGrid((3.0, 3.0, 3.0), (-60.0, -45.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    stats = measure(labels, lps)  # the same array read as LPS puts kidney_left on the patient's right
+    table, findings = cohort_flags(stats.classes.assign(subject_id="s"),
+                                   pd.DataFrame([stats.scan], index=pd.Index(["s"], name="subject_id")))
+    assert table.lr_swap.iloc[0]
+    assert "kidney_left/kidney_right" in set(findings.class_name)
+
+
+def test_robust_z_ignores_a_single_outlier():
+    z = robust_z(np.array([10.0, 11.0, 9.0, 10.5, 9.5, 100.0]))
+    assert abs(z[0]) < 1 and z[-1] > 50
+    assert FlagParams().outlier_z > 3
+
+
+def test_default_groups_show_every_class_once():
+    groups = groups_from_config(_qa_cfg().render.groups)
+    ids = [i for g in groups for i in g.class_ids]
+    assert sorted(ids) == list(range(1, 105))
+    assert ungrouped(groups) == []
+    with pytest.raises(KeyError, match="unknown category"):
+        groups_from_config([{"name": "x", "categories": ["organs"]}])
+
+
+def _renderer(cfg) -> SheetRenderer:
+    groups = groups_from_config(cfg.render.groups)
+    return SheetRenderer(len(groups), views_from_config(cfg.render.views), style_from_config(cfg.render))
+
+
+def _panel_pixels(frame, panel, colour, tol=3) -> np.ndarray:
+    x, y, w, h = panel.rect
+    crop = frame[y : y + h, x : x + w].astype(int)
+    return np.argwhere(np.abs(crop - np.array(colour)).max(axis=2) <= tol)
+
+
+def _organs_anterior(frame, panels):
+    return next(p for p in panels if p.group == 0 and p.view.name == "anterior")
+
+
+def test_phantom_subject_renders_with_its_class_colours(phantom_cohort, phantom_index, tmp_path):
+    row = phantom_index[(phantom_index.expected == "included") & (phantom_index.extent == "thorax_abdomen")].iloc[0]
+    labels_dir = tmp_path / "labels"
+    labels_dir.mkdir()
+    shutil.copy(phantom_cohort / row.truth_file, labels_dir / "s01.nii.gz")
+    cfg = _qa_cfg("render.material=basic")  # unlit: every surface pixel carries its class colour exactly
+    summary = render_subjects(labels_dir, tmp_path / "qa", cfg, progress=False)
+    sheet = np.asarray(Image.open(tmp_path / "qa" / "subjects" / "s01.png").convert("RGB")).astype(int)
+    assert sheet.shape[0] > 500 and sheet.shape[1] > 600
+    background = sheet[-1, -1]
+    drawn = np.abs(sheet - background).max(axis=2) > 10
+    assert drawn.mean() > 0.05  # not blank
+    present = sorted(set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(labels_dir / "s01.nii.gz"))))) - {0})
+    colours = class_colours()
+    pixels = sheet.reshape(-1, 3)
+    seen = {c for c in present if (np.abs(pixels - np.array(colours[c])).max(axis=1) <= 3).sum() >= 5}
+    assert len(seen) >= 0.9 * len(present), sorted(classes.by_id(c).name for c in set(present) - seen)
+    for name in ("liver", "spleen", "kidney_right", "femur_left", "vertebrae_L1", "rib_right_6", "gluteus_maximus_left"):
+        assert classes.id_of(name) in seen, name
+    assert summary.renders.n_classes.tolist() == [len(present)]
+    assert (tmp_path / "qa" / "thumbs" / "s01.png").exists()
+
+
+def test_anterior_view_shows_the_patients_right_on_the_left(phantom_cohort, phantom_index):
+    row = phantom_index[(phantom_index.expected == "included") & (phantom_index.extent == "thorax_abdomen")].iloc[0]
+    label_map = read_label_map(phantom_cohort / row.truth_file)
+    cfg = _qa_cfg("render.material=basic")
+    _check_liver_left_of_spleen(label_map, cfg)
+
+
+def _check_liver_left_of_spleen(label_map, cfg):
+    groups = groups_from_config(cfg.render.groups)
+    meshes = mesh_classes(label_map.labels, label_map.grid, 3.0, 0.7)
+    renderer = _renderer(cfg)
+    frame, panels = renderer.render([[m for m in meshes if m.class_id in g.class_ids] for g in groups], class_colours())
+    renderer.close()
+    panel = _organs_anterior(frame, panels)
+    liver = _panel_pixels(frame, panel, classes.class_colour(classes.id_of("liver")))
+    spleen = _panel_pixels(frame, panel, classes.class_colour(classes.id_of("spleen")))
+    assert len(liver) > 50 and len(spleen) > 20
+    assert liver[:, 1].mean() < panel.rect[2] / 2 < spleen[:, 1].mean()
+
+
+def test_real_v2_label_map_renders(shared_dir, tmp_path):
+    labels_dir = tmp_path / "labels"
+    labels_dir.mkdir()
+    shutil.copy(shared_dir / "data" / "ct_example" / "example_ct_seg_fast.nii.gz", labels_dir / "example.nii.gz")
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    shutil.copy(shared_dir / "data" / "ct_example" / "example_ct.nii.gz", images_dir / "example.nii.gz")
+    cfg = _qa_cfg("labels_version=v2", f"images_dir={images_dir}", "render.ct_slice=true", "render.material=basic")
+    summary = render_subjects(labels_dir, tmp_path / "qa", cfg, progress=False)
+    v1 = classes.map_v2_to_v1(sitk.GetArrayFromImage(sitk.ReadImage(str(labels_dir / "example.nii.gz"))))
+    assert summary.renders.n_classes.tolist() == [len(set(np.unique(v1)) - {0})]
+    sheet = Image.open(tmp_path / "qa" / "subjects" / "example.png")
+    assert sheet.width > 1000
+    grids = sorted((tmp_path / "qa" / "grids").glob("grid_*.png"))
+    assert [g.name for g in grids] == ["grid_001.png"]
+    # The file is stored RAS (direction -1, -1, 1): the liver must still be on the left of the anterior view.
+    _check_liver_left_of_spleen(read_label_map(labels_dir / "example.nii.gz", "v2"), cfg)
+    assert compute_flags(labels_dir, None, cfg, progress=False).n_flags.tolist() == [0]
+
+
+def test_cohort_grids_and_skipping_finished_sheets(flag_cohort, tmp_path):
+    subjects = ["err_swap", "err_missing", "err_order"]
+    cfg = _qa_cfg("grid.rows=1", "grid.cols=2")
+    first = render_subjects(flag_cohort, tmp_path, cfg, subjects, progress=False)
+    assert sorted(first.rendered) == sorted(subjects)
+    assert [g.name for g in first.grids] == ["grid_001.png", "grid_002.png"]
+    index = pd.read_csv(tmp_path / "grids" / "index.csv")
+    assert sorted(index.subject_id) == sorted(subjects)
+    assert index.groupby("grid").size().tolist() == [2, 1]
+    flagged_first = index[index.grid == "grid_001.png"].subject_id.tolist()
+    n_flags = first.flags.set_index("subject_id").n_flags
+    assert n_flags[flagged_first].min() >= n_flags.drop(flagged_first).max()  # most flags first
+    with Image.open(tmp_path / "grids" / "grid_001.png") as grid:
+        assert grid.size == (2 * 560, 360 + 22)
+    second = render_subjects(flag_cohort, tmp_path, cfg, subjects, progress=False)
+    assert second.rendered == []
+    renders = pd.read_csv(tmp_path / "renders.csv", keep_default_na=False)
+    assert sorted(renders.subject_id) == sorted(subjects)
+    assert (renders.mesh_seconds > 0).all() and (renders.render_seconds > 0).all()
+
+
+def test_missing_gpu_adapter_names_the_debian_package():
+    env = {**os.environ, "VK_ICD_FILENAMES": "/nonexistent.json", "WGPU_BACKEND_TYPE": "Vulkan"}
+    result = subprocess.run(
+        [sys.executable, "-c", "from annotation_loop.qa.headless import require_adapter; require_adapter()"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "mesa-vulkan-drivers" in result.stderr
+
+
+def test_image_from_array_helper_matches_voxel_grid():
+    image = image_from_array(np.zeros((4, 5, 6), np.uint8), (1.5, 2.0, 3.0), (10.0, 20.0, 30.0),
+                             (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    grid = VoxelGrid.of_image(image)
+    corner = grid.corners_patient((4, 5, 6))
+    expected = np.array(image.TransformIndexToPhysicalPoint((5, 4, 3)))
+    assert np.allclose(corner.max(axis=0)[2], expected[2]) and np.allclose(corner.min(axis=0)[:2], expected[:2])
