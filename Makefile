@@ -20,8 +20,8 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]' 2> >(grep -v 'is ignored: it is neither' >&2)
 	@touch $@
 
-system-deps: ## Install the Debian packages for headless rendering (as root), or say which are missing
-	@missing=""; for p in mesa-vulkan-drivers; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+system-deps: ## Install the Debian packages for headless rendering and the browser test (as root), or say which are missing
+	@missing=""; for p in mesa-vulkan-drivers chromium chromium-driver; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -1,0 +1,26 @@
+"""python -m annotation_loop.review: serve the QA review page on 127.0.0.1 until Ctrl-C."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from annotation_loop.review.server import make_server
+
+
+@hydra.main(config_path="../../configs", config_name="review", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    server = make_server(cfg.qa_dir, cfg.decisions_csv, cfg.host, int(cfg.port))
+    host, port = server.server_address[:2]
+    print(f"QA review of {cfg.qa_dir}: open http://{host}:{port}/ (Ctrl-C to stop)")
+    print(f"  decisions are written to {cfg.decisions_csv}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("review page stopped")
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

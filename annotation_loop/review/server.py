@@ -1,0 +1,144 @@
+"""The review page: a local HTTP server (standard library) over a QA folder.
+
+It lists the subjects with their thumbnails and QA flags, filters by flag, opens a subject's
+full sheet, and stores each "ok" / "needs correction" decision with its note in the
+decisions CSV. Bound to 127.0.0.1 only; requests naming another host are refused (a web page
+elsewhere cannot reach it through DNS tricks), and decisions are accepted as JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+
+from annotation_loop.qa.flags import FLAGS
+from annotation_loop.review.decisions import DECISIONS, read_decisions, record_decision
+from annotation_loop.review.page import PAGE
+
+log = logging.getLogger(__name__)
+
+SUBJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MAX_BODY = 16_384
+
+
+class ReviewData:
+    """What the page shows: the QA folder's flags and renders, and the decisions so far."""
+
+    def __init__(self, qa_dir: Path, decisions_csv: Path):
+        self.qa_dir = qa_dir
+        self.decisions_csv = decisions_csv
+        self.lock = threading.Lock()
+        flags_csv = qa_dir / "flags.csv"
+        if not flags_csv.exists():
+            raise FileNotFoundError(
+                f"{flags_csv} does not exist: render the QA sheets first (python -m annotation_loop.qa labels_dir=...)"
+            )
+        self.flags = pd.read_csv(flags_csv, keep_default_na=False, dtype={"subject_id": str})
+        self.flags = self.flags[self.flags.subject_id.map(lambda s: bool(SUBJECT_ID.match(s)))]
+        findings_csv = qa_dir / "flag_findings.csv"
+        self.findings = (pd.read_csv(findings_csv, keep_default_na=False, dtype={"subject_id": str})
+                         if findings_csv.exists() else pd.DataFrame(columns=["subject_id", "flag", "class_name", "detail"]))
+        self.ids = set(self.flags.subject_id)
+
+    def subjects(self) -> list[dict]:
+        with self.lock:
+            decisions = read_decisions(self.decisions_csv).set_index("subject_id")
+        rows = []
+        for r in self.flags.itertuples(index=False):
+            decided = decisions.loc[r.subject_id] if r.subject_id in decisions.index else None
+            rows.append({
+                "subject_id": r.subject_id,
+                "flags": [f for f in FLAGS if str(getattr(r, f)) == "True"],
+                "n_flags": int(r.n_flags),
+                "flags_text": getattr(r, "flags"),
+                "findings": [
+                    f"{f.flag}: {f.class_name}: {f.detail}"
+                    for f in self.findings[self.findings.subject_id == r.subject_id].itertuples()
+                ],
+                "thumb": f"/thumbs/{r.subject_id}.png",
+                "sheet": f"/sheets/{r.subject_id}.png",
+                "has_sheet": (self.qa_dir / "subjects" / f"{r.subject_id}.png").exists(),
+                "decision": decided.decision if decided is not None else "",
+                "note": decided.note if decided is not None else "",
+            })
+        return rows
+
+    def decide(self, subject_id: str, decision: str, note: str) -> dict:
+        if subject_id not in self.ids:
+            raise KeyError(f"unknown subject {subject_id!r}")
+        with self.lock:
+            return record_decision(self.decisions_csv, subject_id, decision, note)
+
+
+class ReviewHandler(BaseHTTPRequestHandler):
+    data: ReviewData  # set on the subclass made by make_server
+    server_version = "totalseg-review/1"
+
+    def log_message(self, format: str, *args) -> None:  # route the access log through logging
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _host_ok(self) -> bool:
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+        return host in {"127.0.0.1", "localhost", "::1"}
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, payload) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if not self._host_ok():
+            return self._json(HTTPStatus.FORBIDDEN, {"error": "host not allowed"})
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/index.html"):
+            return self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
+        if path == "/api/subjects":
+            return self._json(HTTPStatus.OK, {"flags": list(FLAGS), "decisions": list(DECISIONS),
+                                              "subjects": self.data.subjects()})
+        match = re.fullmatch(r"/(thumbs|sheets)/([^/]+)\.png", path)
+        if match and match.group(2) in self.data.ids:
+            folder = "thumbs" if match.group(1) == "thumbs" else "subjects"
+            file = self.data.qa_dir / folder / f"{match.group(2)}.png"
+            if file.exists():
+                return self._send(HTTPStatus.OK, file.read_bytes(), "image/png")
+        self._json(HTTPStatus.NOT_FOUND, {"error": f"not found: {path}"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        if not self._host_ok():
+            return self._json(HTTPStatus.FORBIDDEN, {"error": "host not allowed"})
+        if self.path != "/api/decision":
+            return self._json(HTTPStatus.NOT_FOUND, {"error": f"not found: {self.path}"})
+        if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+            return self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send the decision as JSON"})
+        length = int(self.headers.get("Content-Length") or 0)
+        if length <= 0 or length > MAX_BODY:
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": "empty or oversized request"})
+        try:
+            body = json.loads(self.rfile.read(length))
+            row = self.data.decide(str(body["subject_id"]), str(body["decision"]), str(body.get("note", "")))
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        log.info("decision %s: %s %s", row["subject_id"], row["decision"], row["note"])
+        self._json(HTTPStatus.OK, row)
+
+
+def make_server(qa_dir: str | Path, decisions_csv: str | Path, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """A review server over ``qa_dir`` (not yet serving); port 0 picks a free port (see server.server_port)."""
+    if host not in {"127.0.0.1", "localhost", "::1"}:
+        raise ValueError(f"the review page serves on this machine only (127.0.0.1), not on {host!r}")
+    handler = type("BoundReviewHandler", (ReviewHandler,), {"data": ReviewData(Path(qa_dir), Path(decisions_csv))})
+    return ThreadingHTTPServer((host, port), handler)
