@@ -21,10 +21,13 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
-import pydicom
 from pydicom import config as pydicom_config
+from pydicom.datadict import tag_for_keyword
+from pydicom.uid import UID
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
+
+from data_prep.curate.header import Header, NotDicom, Truncated, Unsupported, read_pydicom, read_raw
 
 # Columns of a file record, in the order read_header returns them.
 FILE_COLUMNS = (
@@ -36,6 +39,17 @@ FILE_COLUMNS = (
 )
 PROBLEM_COLUMNS = ("path", "problem", "detail")
 
+KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "AccessionNumber", "StudyDate",
+    "StudyTime", "StudyID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+    "FrameOfReferenceUID", "Modality", "ImageType", "StudyDescription", "SeriesDescription", "ProtocolName",
+    "SeriesNumber", "InstanceNumber", "Manufacturer", "ManufacturerModelName", "InstitutionName",
+    "InstitutionAddress", "KVP", "ConvolutionKernel", "SliceThickness", "ContrastBolusAgent", "BodyPartExamined",
+    "GantryDetectorTilt", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
+    "NumberOfFrames", "BitsAllocated", "SamplesPerPixel", "MediaStorageSOPClassUID",
+)
+TAG = {keyword: tag_for_keyword(keyword) for keyword in KEYWORDS}
+WANTED = frozenset(TAG.values())
 PIXEL_DATA = 0x7FE00010
 _IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -92,33 +106,6 @@ def _lenient_pydicom() -> Iterator[None]:
         pydicom_config.settings.reading_validation_mode = previous
 
 
-def _text(ds, tag: int) -> str:
-    elem = ds.get(tag)
-    if elem is None or elem.value is None:
-        return ""
-    value = elem.value
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v).strip() for v in value)
-    return str(value).strip()
-
-
-def _first(ds, tag: int) -> str:
-    return _text(ds, tag).split("\\")[0]
-
-
-def _number(ds, tag: int, index: int = 0) -> float:
-    elem = ds.get(tag)
-    if elem is None or elem.value is None or elem.value == "":
-        return NAN
-    value = elem.value
-    try:
-        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-            return float(value[index]) if len(value) > index else NAN
-        return float(value) if index == 0 else NAN
-    except (TypeError, ValueError):
-        return NAN
-
-
 def _dicom_date(text: str) -> date | None:
     try:
         return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
@@ -145,10 +132,10 @@ def _scrub(text: str, secrets: list[str]) -> str:
     return text
 
 
-def _identifiers(ds) -> list[str]:
+def _identifiers(h: Header) -> list[str]:
     """The patient's identifying strings (name parts, ids, birth date) worth searching for in free text."""
-    name = re.split(r"[\\^=,\s]+", _text(ds, 0x00100010))
-    values = [*name, _text(ds, 0x00100020), _text(ds, 0x00080050), _text(ds, 0x00100030)]
+    name = re.split(r"[\\^=,\s]+", h.text(TAG["PatientName"]))
+    values = [*name, h.text(TAG["PatientID"]), h.text(TAG["AccessionNumber"]), h.text(TAG["PatientBirthDate"])]
     return sorted({v for v in values if len(v) >= 3}, key=len, reverse=True)
 
 
@@ -199,75 +186,100 @@ def _check_fragments(fp, size: int, little: bool) -> None:
         fp.seek(length, os.SEEK_CUR)
 
 
-def read_header(root: str, rel: str) -> tuple:
-    """One file record (FILE_COLUMNS order); raises FileProblem for anything that is not a usable image."""
+def _read(fp, fast: bool) -> Header:
+    """The wanted attributes through the fast walker, or pydicom for what the walker leaves to it."""
+    if fast:
+        try:
+            return read_raw(fp, WANTED)
+        except NotDicom as exc:
+            raise FileProblem("not_dicom", str(exc)) from exc
+        except Truncated as exc:
+            raise FileProblem("truncated", str(exc)) from exc
+        except Unsupported:
+            pass
+    try:
+        return read_pydicom(fp)
+    except InvalidDicomError as exc:
+        raise FileProblem("not_dicom", "no DICOM preamble / DICM prefix") from exc
+
+
+def read_header(root: str, rel: str, fast: bool = True) -> tuple:
+    """One file record (FILE_COLUMNS order); raises FileProblem for anything that is not a usable image.
+
+    ``fast=False`` reads every file through pydicom (the reference the fast walker is tested against).
+    """
     path = os.path.join(root, rel)
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fp:
-            try:
-                ds = pydicom.dcmread(fp, stop_before_pixels=True)
-            except InvalidDicomError as exc:
-                raise FileProblem("not_dicom", "no DICOM preamble / DICM prefix") from exc
-            transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
-            if 0x00080016 not in ds and 0x00080060 not in ds:
+            h = _read(fp, fast)
+            if not (h.has(TAG["SOPClassUID"]) or h.has(TAG["Modality"])):
                 raise FileProblem("unreadable", "neither SOPClassUID nor Modality: not a readable DICOM dataset")
-            rows, columns = _number(ds, 0x00280010), _number(ds, 0x00280011)
-            frames = _number(ds, 0x00280008)
+            rows, columns = h.number(TAG["Rows"]), h.number(TAG["Columns"])
+            frames = h.number(TAG["NumberOfFrames"])
             frames = 1.0 if frames != frames else frames
-            bits = _number(ds, 0x00280100)
-            samples = _number(ds, 0x00280002)
+            bits, samples = h.number(TAG["BitsAllocated"]), h.number(TAG["SamplesPerPixel"])
             expected = 0
             if rows == rows and columns == columns and bits == bits:
                 expected = int(rows * columns * frames * (1 if samples != samples else samples) * bits) // 8
-            _check_pixel_data(fp, size, transfer_syntax, expected)
+            if h.pixel_data_at is None:
+                sop_class = UID(h.text(TAG["MediaStorageSOPClassUID"]) or h.text(TAG["SOPClassUID"]))
+                if "Image Storage" in sop_class.name:
+                    raise FileProblem("truncated", f"{sop_class.name} object without pixel data (file cut off)")
+                raise FileProblem("not_an_image", f"no pixel data ({sop_class.name or 'unknown SOP class'})")
+            fp.seek(h.pixel_data_at)
+            _check_pixel_data(fp, size, h.transfer_syntax, expected)
     except FileProblem:
         raise
     except Exception as exc:  # noqa: BLE001 - any parser failure means "unreadable", never a stopped run
         raise FileProblem("unreadable", f"{type(exc).__name__}: {exc}") from exc
     if rows != rows or columns != columns:
         raise FileProblem("not_an_image", "no Rows / Columns")
-    patient_id = _text(ds, 0x00100020)
-    study_date = _text(ds, 0x00080020)
-    study_uid = _text(ds, 0x0020000D)
-    series_uid = _text(ds, 0x0020000E)
-    frame_uid = _text(ds, 0x00200052)
-    modality = _text(ds, 0x00080060).upper()
-    series_number = _number(ds, 0x00200011)
-    series_description = _text(ds, 0x0008103E)
-    kernel = _first(ds, 0x00181210)
-    thickness = _number(ds, 0x00180050)
-    iop = tuple(_number(ds, 0x00200037, i) for i in range(6))
+    return _record(h, rel, size, rows, columns, frames)
+
+
+def _record(h: Header, rel: str, size: int, rows: float, columns: float, frames: float) -> tuple:
+    text, number = h.text, h.number
+    patient_id = text(TAG["PatientID"])
+    study_date = text(TAG["StudyDate"])
+    study_uid, series_uid = text(TAG["StudyInstanceUID"]), text(TAG["SeriesInstanceUID"])
+    frame_uid = text(TAG["FrameOfReferenceUID"])
+    modality = text(TAG["Modality"]).upper()
+    series_number = number(TAG["SeriesNumber"])
+    series_description = text(TAG["SeriesDescription"])
+    kernel = text(TAG["ConvolutionKernel"]).split("\\")[0]
+    thickness = number(TAG["SliceThickness"])
+    iop = tuple(number(TAG["ImageOrientationPatient"], i) for i in range(6))
     # Anonymised exports may blank the UIDs: fall back on attributes that stay fixed within a study / series.
     study_key = study_uid or _fallback_key(
-        "study", patient_id, study_date, _text(ds, 0x00080030), _text(ds, 0x00200010), _text(ds, 0x00080050))
+        "study", patient_id, study_date, text(TAG["StudyTime"]), text(TAG["StudyID"]), text(TAG["AccessionNumber"]))
     series_key = series_uid or _fallback_key(
         "series", study_key, series_number, series_description, modality, frame_uid, kernel, thickness,
         tuple(round(v, 4) for v in iop), rows, columns, os.path.dirname(rel))
-    institution = _text(ds, 0x00080080) or _text(ds, 0x00080081)
+    institution = text(TAG["InstitutionName"]) or text(TAG["InstitutionAddress"])
     study = _dicom_date(study_date)
-    secrets = _identifiers(ds)
+    secrets = _identifiers(h)
     return (
-        rel, size, patient_id, _text(ds, 0x00100040).upper(),
-        _age_years(_text(ds, 0x00101010), _text(ds, 0x00100030), study_date),
+        rel, size, patient_id, text(TAG["PatientSex"]).upper(),
+        _age_years(text(TAG["PatientAge"]), text(TAG["PatientBirthDate"]), study_date),
         float(study.year) if study else NAN, study_key, study_uid, series_key, series_uid,
-        _text(ds, 0x00080018), frame_uid, modality, _text(ds, 0x00080008).upper(),
-        _scrub(_text(ds, 0x00081030), secrets), _scrub(series_description, secrets),
-        _scrub(_text(ds, 0x00181030), secrets), series_number, _number(ds, 0x00200013),
-        _text(ds, 0x00080070), _text(ds, 0x00081090), institution, _number(ds, 0x00180060), kernel, thickness,
-        _text(ds, 0x00180010), _text(ds, 0x00180015).upper(), _number(ds, 0x00181120),
-        _number(ds, 0x00200032, 0), _number(ds, 0x00200032, 1), _number(ds, 0x00200032, 2), *iop,
-        _number(ds, 0x00280030, 0), _number(ds, 0x00280030, 1), rows, columns, frames, transfer_syntax,
+        text(TAG["SOPInstanceUID"]), frame_uid, modality, text(TAG["ImageType"]).upper(),
+        _scrub(text(TAG["StudyDescription"]), secrets), _scrub(series_description, secrets),
+        _scrub(text(TAG["ProtocolName"]), secrets), series_number, number(TAG["InstanceNumber"]),
+        text(TAG["Manufacturer"]), text(TAG["ManufacturerModelName"]), institution, number(TAG["KVP"]), kernel,
+        thickness, text(TAG["ContrastBolusAgent"]), text(TAG["BodyPartExamined"]).upper(),
+        number(TAG["GantryDetectorTilt"]), *(number(TAG["ImagePositionPatient"], i) for i in range(3)), *iop,
+        number(TAG["PixelSpacing"], 0), number(TAG["PixelSpacing"], 1), rows, columns, frames, h.transfer_syntax,
     )
 
 
-def scan_chunk(root: str, rels: list[str]) -> tuple[list[tuple], list[tuple]]:
+def scan_chunk(root: str, rels: list[str], fast: bool = True) -> tuple[list[tuple], list[tuple]]:
     """Records and problems of a list of files (one worker task)."""
     records, problems = [], []
     with _lenient_pydicom():
         for rel in rels:
             try:
-                records.append(read_header(root, rel))
+                records.append(read_header(root, rel, fast))
             except FileProblem as problem:
                 problems.append((rel, problem.code, str(problem)))
     return records, problems
@@ -278,7 +290,7 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
 
 
 def scan_tree(root: str | Path, workers: int = 2, files_per_task: int = 512, follow_symlinks: bool = True,
-              skip_hidden: bool = True, progress: bool = True) -> ScanResult:
+              skip_hidden: bool = True, progress: bool = True, fast: bool = True) -> ScanResult:
     """Parse the header of every file under ``root`` in ``workers`` processes."""
     start = time.perf_counter()
     root = str(Path(root).resolve())
@@ -289,13 +301,13 @@ def scan_tree(root: str | Path, workers: int = 2, files_per_task: int = 512, fol
     bar = tqdm(total=len(rels), desc="header scan", unit="file", disable=not progress, smoothing=0.1)
     if workers <= 1 or len(chunks) <= 1:
         for chunk in chunks:
-            r, p = scan_chunk(root, chunk)
+            r, p = scan_chunk(root, chunk, fast)
             records += r
             problems += p
             bar.update(len(chunk))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for chunk, (r, p) in zip(chunks, pool.map(scan_chunk, [root] * len(chunks), chunks)):
+            for chunk, (r, p) in zip(chunks, pool.map(scan_chunk, [root] * len(chunks), chunks, [fast] * len(chunks))):
                 records += r
                 problems += p
                 bar.update(len(chunk))
