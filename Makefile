@@ -9,7 +9,7 @@ DEMO_SUBJECTS ?= 12
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps test demo phantom clean-demo bench-phantom bench-eval
+.PHONY: help setup system-deps test demo phantom clean-demo bench-phantom bench-eval bench-curate
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -50,3 +50,6 @@ bench-eval: setup ## Time evaluation (Dice + NSD) of a 1.5 mm torso-sized subjec
 
 clean-demo: ## Remove the demo workspace
 	rm -rf $(WORKSPACE)
+
+bench-curate: setup ## Header scan files/s and conversion series/s on a 16-patient phantom, beside pydicom's bare loop
+	$(PY) -m data_prep.curate.bench --subjects 16 --workers 2
