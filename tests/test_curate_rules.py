@@ -168,3 +168,29 @@ def test_legs_and_hands_recognised_from_the_scan_geometry_alone(phantom_cohort, 
     # Each rule can be switched off: then nothing else stops these series.
     off = compose_config("curate", ["rules.legs.enabled=false", "rules.hands.enabled=false"])
     assert set(apply_rules(series, off.rules, RuleContext(consent)).decision) == {"included"}
+
+
+@pytest.fixture(scope="module")
+def real_series(shared_dir):
+    """The real example series (20 slices, 3 mm, 2 mm steps, soft kernel), described, before any rule."""
+    scan = scan_tree(shared_dir / "data" / "ct_example" / "example_ct_dicom", workers=1, progress=False)
+    return describe(group_series(scan.files).series, VOCABULARY)
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ([], "included"),
+    (["rules.consent.enabled=true"], "no_consent"),                 # the registry does not know the patient
+    (["rules.modality.allowed=[MR]"], "not_ct"),
+    (["rules.localizer.descriptions=['\\bbody\\b']"], "localizer"),
+    (["rules.derived.image_type_value1=[ORIGINAL]"], "derived"),
+    (["rules.derived.image_type_value1=[ORIGINAL]", "rules.derived.allow=true"], "included"),
+    (["rules.min_slices.value=25"], "too_few_slices"),
+    (["rules.min_slices.value=25", "rules.min_slices.reason=short_scan"], "short_scan"),
+    (["rules.max_slice_thickness.value_mm=2.5"], "slice_too_thick"),
+    (["rules.spacing.tolerance_mm=-1"], "inconsistent_spacing"),
+    (["rules.gantry_tilt.max_deg=-1"], "gantry_tilt"),
+])
+def test_each_rule_is_configurable_and_leaves_its_reason(real_series, overrides, reason):
+    cfg = compose_config("curate", ["rules.consent.enabled=false", *overrides])
+    judged = apply_rules(real_series, cfg.rules, RuleContext({})).iloc[0]
+    assert (judged.reason or judged.decision) == reason
