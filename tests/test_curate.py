@@ -83,7 +83,7 @@ def test_truth_labels_on_the_curated_grid(curated_workspace, phantom_index, tmp_
     key = pd.read_csv(curated_workspace / "private" / "pseudonym_key.csv", dtype=str, keep_default_na=False)
     table = export_truth_labels(curated_workspace / "private" / "pseudonym_key.csv", curated_workspace / "raw" / "truth",
                                 curated_workspace / "curated" / "images", tmp_path)
-    assert sorted(table.subject_id) == sorted(key.subject_id) and table.written.all()
+    assert sorted(table.subject_id) == sorted(key.subject_id) and table.written.all() and not table.removed.any()
     truth_of = dict(zip(phantom_index.series_uid, phantom_index.truth_file))
     for row in key.itertuples():
         label = sitk.ReadImage(str(tmp_path / f"{row.subject_id}.nii.gz"))

@@ -16,6 +16,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from data_prep.curate import curate
+from data_prep.phantom.truth_labels import export_truth_labels
 from totalseg_train.atomic import TMP_MARK
 from totalseg_train.config import compose_config
 
@@ -118,7 +119,11 @@ def test_annotator_exclusions_and_withdrawn_consent(phantom_cohort, phantom_inde
     # Excluded by the annotators does not hand the exam's place to the bone-kernel series.
     assert (second.series.reason == "not_selected").sum() == (first.series.reason == "not_selected").sum()
 
-    # The thorax patient withdraws consent: subjects, images and identifying key entries go.
+    truth = [workspace / "private" / "pseudonym_key.csv", phantom_cohort / "truth", workspace / "curated" / "images",
+             workspace / "truth_labels"]
+    assert sorted(export_truth_labels(*truth).subject_id) == sorted(second.subjects.subject_id)
+
+    # The thorax patient withdraws consent: subjects, images, truth labels and identifying key entries go.
     withdrawn = phantom_index.loc[phantom_index.exam_id == "p0007_e0", "patient_id"].iloc[0]
     registry = pd.read_csv(consent, dtype=str, keep_default_na=False)
     registry.loc[registry.patient_id == withdrawn, "research_consent"] = "no"
@@ -132,3 +137,6 @@ def test_annotator_exclusions_and_withdrawn_consent(phantom_cohort, phantom_inde
         assert withdrawn not in private.read_text(), private.name
     key = pd.read_csv(workspace / "private" / "pseudonym_key.csv", dtype=str, keep_default_na=False)
     assert len(key) == 4 and (key.PatientID == "").sum() == 2  # ids retired, never reused
+    exported = export_truth_labels(*truth)
+    assert exported.removed.sum() == 2
+    assert sorted(p.name for p in (workspace / "truth_labels").iterdir()) == [f"{pair[1]}.nii.gz"]

@@ -32,8 +32,9 @@ def label_on_grid(label: sitk.Image, reference: sitk.Image) -> sitk.Image:
 
 def export_truth_labels(key_csv: str | Path, truth_root: str | Path, curated_images_dir: str | Path,
                         out_dir: str | Path) -> pd.DataFrame:
-    """Write the truth label map of every curated subject that has one; returns one row per subject
-    (subject_id, truth_file, written: True when written now, False when already there)."""
+    """Write the truth label map of every curated subject that has one, and remove those of subjects no
+    longer curated (consent withdrawn, excluded); returns one row per subject: subject_id, truth_file,
+    written (True when written now, False when already there), removed."""
     key = pd.read_csv(key_csv, dtype=str, keep_default_na=False)
     truth_root, images, out_dir = Path(truth_root), Path(curated_images_dir), Path(out_dir)
     index = pd.read_csv(truth_root / "index.csv", dtype=str, keep_default_na=False)
@@ -42,22 +43,29 @@ def export_truth_labels(key_csv: str | Path, truth_root: str | Path, curated_ima
     for subject_id, series_uid in zip(key["subject_id"], key["SeriesInstanceUID"]):
         image_path, target = images / f"{subject_id}.nii.gz", out_dir / f"{subject_id}.nii.gz"
         truth_file = truth_of.get(series_uid, "")
-        if not truth_file or not image_path.exists():
-            continue  # not a phantom series, or no longer curated (consent withdrawn, excluded)
+        if not image_path.exists():  # no longer curated: its label goes too
+            if target.exists():
+                target.unlink()
+                rows.append({"subject_id": subject_id, "truth_file": "", "written": False, "removed": True})
+            continue
+        if not truth_file:
+            continue  # not a phantom series
         written = not (target.exists() and Geometry.of_file(target).matches(Geometry.of_file(image_path)))
         if written:
             # The phantom's truth_file paths are relative to its raw folder, the parent of truth/.
             label = sitk.ReadImage(str(truth_root.parent / truth_file))
             reference = sitk.ReadImage(str(image_path))
             write_image(label_on_grid(label, reference), target)
-        rows.append({"subject_id": subject_id, "truth_file": truth_file, "written": written})
-    return pd.DataFrame(rows, columns=["subject_id", "truth_file", "written"])
+        rows.append({"subject_id": subject_id, "truth_file": truth_file, "written": written, "removed": False})
+    return pd.DataFrame(rows, columns=["subject_id", "truth_file", "written", "removed"])
 
 
 @hydra.main(config_path="../../configs", config_name="truth_labels", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     table = export_truth_labels(cfg.key_csv, cfg.truth_root, cfg.images_dir, cfg.out)
-    print(f"truth labels of {len(table)} curated subjects in {cfg.out} ({int(table['written'].sum())} written now)")
+    kept = table[~table["removed"]]
+    print(f"truth labels of {len(kept)} curated subjects in {cfg.out} ({int(kept['written'].sum())} written now, "
+          f"{int(table['removed'].sum())} removed: subjects no longer curated)")
 
 
 if __name__ == "__main__":
