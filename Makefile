@@ -9,7 +9,7 @@ DEMO_SUBJECTS ?= 12
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps test demo phantom clean-demo bench-phantom bench-eval bench-curate
+.PHONY: help setup system-deps test demo phantom clean-demo bench-phantom bench-eval bench-qa bench-curate
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,11 @@ bench-phantom: setup ## Time the generation of 30 phantom subjects at 3 mm
 
 bench-eval: setup ## Time evaluation (Dice + NSD) of a 1.5 mm torso-sized subject: reference vs ours vs I/O floor
 	$(PY) -m totalseg_train.evaluate.bench
+
+bench-qa: setup ## Time one subject's 8-view QA sheet against the plain single-view fury render (104 classes, 1.5 mm; ~4 min)
+	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
+	$(PY) -m data_prep.phantom paths.workspace=$$d n_subjects=1 pixel_spacing_mm=1.5 workers=1 >/dev/null && \
+	$(PY) -m annotation_loop.qa.bench --labels $$d/raw/truth/p0000_e0_s02.nii.gz --spacing-mm 1.5
 
 clean-demo: ## Remove the demo workspace
 	rm -rf $(WORKSPACE)

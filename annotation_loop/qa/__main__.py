@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from annotation_loop.qa.render_cohort import render_subjects
 
 
 @hydra.main(config_path="../../configs", config_name="qa", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "labels_dir"):
+        raise SystemExit("labels_dir is required: python -m annotation_loop.qa labels_dir=DIR "
+                         "(a folder of <subject_id>.nii.gz label maps)")
     subjects = list(cfg.subjects) if cfg.subjects is not None else None
-    summary = render_subjects(cfg.labels_dir, cfg.out, cfg, subjects)
+    try:
+        summary = render_subjects(cfg.labels_dir, cfg.out, cfg, subjects)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     flagged = int((summary.flags.n_flags > 0).sum())
     print(f"QA of {len(summary.flags)} subjects from {cfg.labels_dir}")
     print(f"  sheets rendered now: {len(summary.rendered)} (up to date: {len(summary.renders) - len(summary.rendered)})")

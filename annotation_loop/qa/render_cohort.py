@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -154,30 +155,35 @@ def _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, record
     colours = class_colours()
     workers = max(1, min(int(cfg.workers), len(todo)))
     paths = [str(labels_dir / f"{s}{SUFFIX}") for s in todo]
-    args = lambda chunk: (chunk, [images_dir] * len(chunk), [cfg.labels_version] * len(chunk),  # noqa: E731
-                          [render] * len(chunk), [groups] * len(chunk))
-    bar = tqdm(total=len(todo), desc="QA sheets", unit="subject", disable=not progress)
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    args = (images_dir, cfg.labels_version, render, groups)
     try:
-        # Meshes of a few subjects at a time: workers mesh the next subjects while this process renders.
-        step = 2 * workers
-        for start in range(0, len(paths), step):
-            chunk = paths[start : start + step]
-            meshed_iter = pool.map(mesh_subject, *args(chunk)) if pool else map(mesh_subject, *args(chunk))
-            for path, meshed in zip(chunk, meshed_iter):
-                bar.update()
-                if meshed.error:
-                    log.error(meshed.error)
-                    errors.append(meshed.error)
-                    continue
-                records[meshed.subject_id] = _render_one(meshed, Path(path), out, renderer, groups, colours,
-                                                         flag_text[meshed.subject_id], settings,
-                                                         int(render["thumb_height"]))
+        for meshed in tqdm(_meshed_in_order(paths, args, workers), total=len(todo), desc="QA sheets",
+                           unit="subject", disable=not progress):
+            if meshed.error:
+                log.error(meshed.error)
+                errors.append(meshed.error)
+                continue
+            records[meshed.subject_id] = _render_one(meshed, labels_dir / f"{meshed.subject_id}{SUFFIX}", out,
+                                                     renderer, groups, colours, flag_text[meshed.subject_id],
+                                                     settings, int(render["thumb_height"]))
     finally:
-        bar.close()
-        if pool:
-            pool.shutdown()
         renderer.close()
+
+
+def _meshed_in_order(paths: list[str], args: tuple, workers: int):
+    """Meshed subjects in input order; with several workers the next ones are meshed while the caller renders."""
+    if workers == 1:
+        for path in paths:
+            yield mesh_subject(path, *args)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for path in paths:
+            pending.append(pool.submit(mesh_subject, path, *args))
+            if len(pending) > 2 * workers:  # bounded: meshes wait in memory only a few subjects ahead
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _render_one(meshed: MeshedSubject, labels_path: Path, out: Path, renderer: SheetRenderer, groups, colours,

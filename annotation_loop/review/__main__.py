@@ -10,7 +10,10 @@ from annotation_loop.review.server import make_server
 
 @hydra.main(config_path="../../configs", config_name="review", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    server = make_server(cfg.qa_dir, cfg.decisions_csv, cfg.host, int(cfg.port))
+    try:
+        server = make_server(cfg.qa_dir, cfg.decisions_csv, cfg.host, int(cfg.port))
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
     host, port = server.server_address[:2]
     print(f"QA review of {cfg.qa_dir}: open http://{host}:{port}/ (Ctrl-C to stop)")
     print(f"  decisions are written to {cfg.decisions_csv}")
