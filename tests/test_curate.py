@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from data_prep.curate.characteristics import characteristics_table
 from data_prep.phantom.truth_labels import export_truth_labels
 from totalseg_train.images import Geometry
 
@@ -97,3 +98,31 @@ def test_truth_labels_on_the_curated_grid(curated_workspace, phantom_index, tmp_
     again = export_truth_labels(curated_workspace / "private" / "pseudonym_key.csv", curated_workspace / "raw" / "truth",
                                 curated_workspace / "curated" / "images", tmp_path)
     assert not again.written.any()
+
+
+def test_characteristics_table_counts_the_subjects(curated_workspace):
+    table = pd.read_csv(curated_workspace / "reports" / "characteristics.csv", dtype={"value": str})
+    subjects = pd.read_csv(curated_workspace / "curated" / "subjects.csv", keep_default_na=False)
+    groups = table[~table.characteristic.isin(["Subjects (CT series)", "Patients"])].groupby("characteristic")
+    assert set(groups.groups) == {"Sex", "Age (years)", "Study year", "Site", "Manufacturer", "Contrast phase",
+                                  "Body region", "Kernel", "Slice thickness (mm)"}
+    assert (groups.n.sum() == len(subjects)).all()
+    assert np.allclose(groups.percent.sum(), 100.0, atol=0.2)
+    phases = table[table.characteristic == "Contrast phase"].set_index("value").n.to_dict()
+    assert phases == subjects.contrast_phase.value_counts().to_dict()
+    markdown = (curated_workspace / "reports" / "characteristics.md").read_text()
+    assert "| Slice thickness (mm) |" in markdown and f"| Subjects (CT series) | all | {len(subjects)} |" in markdown
+
+
+def test_characteristics_bins():
+    subjects = pd.DataFrame({"patient": ["a", "a", "b", "c"], "sex": ["M", "M", "F", ""], "age": [29, 30, 95, None],
+                             "study_year": [2016] * 4, "site": ["site1"] * 4, "manufacturer": ["X"] * 4,
+                             "contrast_phase": ["native"] * 4, "body_region": ["thorax"] * 4, "kernel": ["B"] * 4,
+                             "slice_thickness": [1.0, 1.5, 5.0, 0.6]})
+    table = characteristics_table(subjects, [0, 30, 40, 200], [0.0, 1.0, 1.5, 5.0, 100.0])
+    rows = {(r.characteristic, r.value): (r.n, r.percent) for r in table.itertuples()}
+    assert rows[("Patients", "all")][0] == 3
+    assert rows[("Age (years)", "<30")] == (1, 25.0) and rows[("Age (years)", "30-40")] == (1, 25.0)
+    assert rows[("Age (years)", ">=40")] == (1, 25.0) and rows[("Age (years)", "unknown")] == (1, 25.0)
+    assert rows[("Slice thickness (mm)", "<=1")] == (2, 50.0) and rows[("Slice thickness (mm)", "1-1.5")][0] == 1
+    assert rows[("Slice thickness (mm)", "1.5-5")][0] == 1 and rows[("Sex", "unknown")][0] == 1

@@ -19,21 +19,23 @@ CHARACTERISTICS = {
 }
 
 
-def _bin_labels(edges: list[float], unit: str = "") -> list[str]:
+def _bin_labels(edges: list[float], right: bool) -> list[str]:
+    """'<30', '30-40', ..., '>=80' for bins closed on the left; '<=1', '1-1.5', ..., '>5' closed on the right."""
     labels = []
     for lo, hi in zip(edges[:-1], edges[1:]):
-        if lo == edges[0] and lo <= 0:
-            labels.append(f"<{hi:g}{unit}" if unit else f"<{hi:g}")
-        elif hi == edges[-1] and hi >= 100:
-            labels.append(f">={lo:g}{unit}" if unit else f">={lo:g}")
+        if lo == edges[0]:
+            labels.append(f"<={hi:g}" if right else f"<{hi:g}")
+        elif hi == edges[-1]:
+            labels.append(f">{lo:g}" if right else f">={lo:g}")
         else:
-            labels.append(f"{lo:g}-{hi:g}{unit}")
+            labels.append(f"{lo:g}-{hi:g}")
     return labels
 
 
 def binned(values: pd.Series, edges: list[float], right: bool) -> pd.Series:
-    """Values in labelled bins ('<30', '30-40', ..., '>=80'); missing values become 'unknown'."""
-    cut = pd.cut(pd.to_numeric(values, errors="coerce"), bins=edges, labels=_bin_labels(edges), right=right)
+    """Values in labelled bins (see _bin_labels); missing values become 'unknown'."""
+    cut = pd.cut(pd.to_numeric(values, errors="coerce"), bins=edges, labels=_bin_labels(edges, right), right=right,
+                 include_lowest=True)
     return cut.astype(object).where(cut.notna(), "unknown")
 
 
@@ -50,8 +52,12 @@ def characteristics_table(subjects: pd.DataFrame, age_bins: list[float], thickne
     for title, column in CHARACTERISTICS.items():
         values = df[column].astype(object).where(df[column].notna() & (df[column].astype(str) != ""), "unknown")
         counts = values.astype(str).value_counts()
-        order = list(_bin_labels(age_bins if column == "age_bin" else thickness_bins)) + ["unknown"] \
-            if column in ("age_bin", "thickness_bin") else sorted(counts.index)
+        if column == "age_bin":
+            order = _bin_labels(age_bins, right=False) + ["unknown"]
+        elif column == "thickness_bin":
+            order = _bin_labels(thickness_bins, right=True) + ["unknown"]
+        else:
+            order = sorted(counts.index)
         for value in order:
             if value in counts:
                 n = int(counts[value])

@@ -27,7 +27,7 @@ from pydicom.uid import UID
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
-from data_prep.curate.header import Header, NotDicom, Truncated, Unsupported, read_pydicom, read_raw
+from data_prep.curate.header import PIXEL_DATA, Header, NotDicom, Truncated, Unsupported, read_pydicom, read_raw
 
 # Columns of a file record, in the order read_header returns them.
 FILE_COLUMNS = (
@@ -50,7 +50,6 @@ KEYWORDS = (
 )
 TAG = {keyword: tag_for_keyword(keyword) for keyword in KEYWORDS}
 WANTED = frozenset(TAG.values())
-PIXEL_DATA = 0x7FE00010
 _IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 NAN = float("nan")
