@@ -160,6 +160,37 @@ def _convert(todo: pd.DataFrame, files: dict[str, list[str]], root: str, images:
     return len(jobs) - len(failed), failed
 
 
+def _remove_uncurated(images: Path, provenance: Path, keep: set[str]) -> int:
+    """Delete images and provenance of subjects not in ``keep`` (consent withdrawn, excluded); returns images removed."""
+    removed = 0
+    for folder, suffix in ((images, ".nii.gz"), (provenance, ".json")):
+        for path in folder.glob(f"*{suffix}") if folder.exists() else []:
+            if path.name[: -len(suffix)] not in keep:
+                path.unlink()
+                removed += suffix == ".nii.gz"
+    return removed
+
+
+def series_table(series: pd.DataFrame, subject_ids: dict[str, str], consent_reason: str) -> pd.DataFrame:
+    """series.parquet: pseudonymous ids, pairs among the included series, nothing identifying, and of a
+    series without consent nothing but its decision."""
+    out = series.copy()
+    included = out["decision"] == INCLUDED
+    ids = dict(zip(out["series_key"], out["series_id"]))
+    paired = out["paired_series_key"].where(out["paired_series_key"].isin(set(out.loc[included, "series_key"])), "")
+    out["paired_series_id"] = paired.map(ids).fillna("")
+    out["paired_subject_id"] = paired.map(subject_ids).fillna("").where(included, "")
+    for column in ("age", "study_year", "series_number", "kvp", "n_slices", "rows", "columns", "frames",
+                   "duplicate_positions"):
+        out[column] = pd.to_numeric(out[column], errors="coerce").round().astype("Int64")
+    table = out[SERIES_COLUMNS].copy()
+    no_consent = out["reason"] == consent_reason
+    for column in SERIES_COLUMNS:
+        if column not in NO_CONSENT_COLUMNS:
+            table[column] = table[column].mask(no_consent)
+    return table.sort_values("series_id").reset_index(drop=True)
+
+
 def curate(cfg: DictConfig) -> CurationSummary:
     """Run curation as configured; safe to re-run (finished conversions are kept)."""
     curated, private, reports = Path(cfg.paths.curated), Path(cfg.paths.private), Path(cfg.paths.reports)
@@ -213,32 +244,10 @@ def curate(cfg: DictConfig) -> CurationSummary:
     if failed:
         log.warning("%d series could not be converted (reason %r in %s)", len(failed), UNREADABLE, SERIES_TABLE)
 
-    # Only included subjects keep an image: consent withdrawn or excluded later means removed.
-    keep = set(series.loc[series["decision"] == INCLUDED, "subject_id"])
-    n_removed = 0
-    for folder, suffix in ((images, ".nii.gz"), (provenance, ".json")):
-        for path in folder.glob(f"*{suffix}") if folder.exists() else []:
-            if path.name[: -len(suffix)] not in keep:
-                path.unlink()
-                n_removed += suffix == ".nii.gz"
-
-    ids = dict(zip(series["series_key"], series["series_id"]))
-    included_mask = series["decision"] == INCLUDED
-    paired = series["paired_series_key"].where(series["paired_series_key"].isin(
-        set(series.loc[included_mask, "series_key"])), "")
-    series["paired_series_id"] = paired.map(ids).fillna("")
-    series["paired_subject_id"] = paired.map(subject_ids).fillna("").where(included_mask, "")
-
-    for column in ("age", "study_year", "series_number", "kvp", "n_slices", "rows", "columns", "frames",
-                   "duplicate_positions"):
-        series[column] = pd.to_numeric(series[column], errors="coerce").round().astype("Int64")
-    table = series[SERIES_COLUMNS].copy()
-    no_consent = series["reason"] == cfg.rules.consent.reason
-    for column in SERIES_COLUMNS:
-        if column not in NO_CONSENT_COLUMNS:
-            table[column] = table[column].mask(no_consent)
-    table = table.sort_values("series_id").reset_index(drop=True)
-    subjects = series.loc[included_mask, SUBJECT_COLUMNS].sort_values("subject_id").reset_index(drop=True)
+    n_removed = _remove_uncurated(images, provenance, set(series.loc[series["decision"] == INCLUDED, "subject_id"]))
+    table = series_table(series, subject_ids, cfg.rules.consent.reason)
+    subjects = table.loc[table["decision"] == INCLUDED, SUBJECT_COLUMNS].sort_values("subject_id")
+    subjects = subjects.reset_index(drop=True)
 
     write_table(table, curated / SERIES_TABLE)
     write_table(subjects, curated / SUBJECTS_TABLE)
@@ -246,7 +255,7 @@ def curate(cfg: DictConfig) -> CurationSummary:
                                   list(cfg.characteristics.slice_thickness_bins_mm))
     write_table(chars, reports / f"{CHARACTERISTICS}.csv")
     write_text(reports / f"{CHARACTERISTICS}.md", to_markdown(chars))
-    reasons = {str(k): int(v) for k, v in series.loc[~included_mask, "reason"].value_counts().items()}
+    reasons = {str(k): int(v) for k, v in table.loc[table["decision"] != INCLUDED, "reason"].value_counts().items()}
     summary = CurationSummary(curated, scan.n_files, len(scan.problems), len(series), len(subjects), n_converted,
                               n_removed, scan.seconds, convert_seconds, table, subjects, chars, reasons)
     write_text(curated / SUMMARY_FILE, json.dumps({
