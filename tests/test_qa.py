@@ -67,6 +67,11 @@ def flag_cohort(phantom_cohort, phantom_index, tmp_path_factory) -> Path:
         scattered[z : z + 4, y : y + 4, x : x + 4] = classes.id_of("liver")
     assert len(liver)
     _write_like(scattered, base, folder / "err_fragments.nii.gz")
+    half = labels.copy()
+    kidney = np.argwhere(labels == classes.id_of("kidney_left"))
+    lower = kidney[kidney[:, 0] < np.median(kidney[:, 0])]  # under-segmented: the lower half of the kidney lost
+    half[tuple(lower.T)] = 0
+    _write_like(half, base, folder / "err_volume.nii.gz")
     outside = labels.copy()
     outside[-6:, :5, :5] = classes.id_of("spleen")  # a blob in the corner of the field of view, in the air
     _write_like(outside, base, folder / "err_outside.nii.gz")
@@ -116,14 +121,15 @@ def test_missing_organ_is_flagged(flags):
             assert "spleen" not in _findings(findings, subject, "missing_expected")
 
 
-def test_order_fragments_and_outside_labels_are_flagged(flags):
+def test_order_fragments_volume_and_outside_labels_are_flagged(flags):
     table, findings, _ = flags
     assert table.loc["err_order", "order_violation"]
     assert {"vertebrae_T6/vertebrae_T7", "vertebrae_T9/vertebrae_T10"} <= _findings(findings, "err_order", "order_violation")
     assert "liver" in _findings(findings, "err_fragments", "fragmented")
+    assert _findings(findings, "err_volume", "volume_outlier") == {"kidney_left"}
     assert "spleen" in _findings(findings, "err_outside", "outside_body")
     originals = [s for s in table.index if not s.startswith("err_")]
-    assert not table.loc[originals, ["order_violation", "outside_body"]].any().any()
+    assert not table.loc[originals, ["order_violation", "outside_body", "fragmented", "volume_outlier"]].any().any()
 
 
 def test_outside_body_uses_the_ct_when_there_is_one():

@@ -162,23 +162,36 @@ def robust_z(values: np.ndarray) -> np.ndarray:
 
 
 def volume_outliers(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
-    """Complete classes whose log volume is far from the cohort's (classes cut by the scan are not compared).
+    """Complete classes whose volume is far from the cohort's, once the subject's body size is allowed for.
 
-    Both a robust z-score and a minimum factor must be exceeded: in a cohort of near-identical
-    volumes the z-score alone would flag trivial differences.
+    Organ volumes scale with the patient: each subject's size factor is the median ratio of its
+    complete classes' volumes to the cohort medians, and a class is compared after dividing by it.
+    Both a robust z-score of the log volume and a minimum factor must be exceeded: in a cohort of
+    near-identical volumes the z-score alone would flag trivial differences. Classes cut by the
+    scan are not compared.
     """
+    whole = stats[~stats.truncated].copy()
+    whole["log_volume"] = np.log(whole.volume_ml.to_numpy(float))
+    counts = whole.groupby("class_name").log_volume.transform("size")
+    whole = whole[counts >= p.min_cohort]
+    if whole.empty:
+        return []
+    deviation = whole.log_volume - whole.groupby("class_name").log_volume.transform("median")
+    size = deviation.groupby(whole.subject_id).transform("median")
+    whole["adjusted"] = whole.log_volume - size
+    whole["size_factor"] = np.exp(size)
     findings = []
-    for name, group in stats[~stats.truncated].groupby("class_name"):
-        if len(group) < p.min_cohort:
-            continue
-        log_volume = np.log(group.volume_ml.to_numpy(float))
-        z = robust_z(log_volume)
-        median = float(np.median(group.volume_ml))
-        far = np.abs(log_volume - np.log(median)) >= np.log(p.outlier_min_ratio)
-        for r, zi, is_far in zip(group.itertuples(), z, far):
-            if abs(zi) > p.outlier_z and is_far:
-                findings.append(_finding(r.subject_id, "volume_outlier", name,
-                                         f"{r.volume_ml:.1f} ml vs cohort median {median:.1f} ml (z {zi:+.1f})"))
+    for name, group in whole.groupby("class_name"):
+        adjusted = group.adjusted.to_numpy(float)
+        z = robust_z(adjusted)
+        centre = np.median(adjusted)
+        median_ml = float(np.exp(centre))
+        for r, zi, value in zip(group.itertuples(), z, adjusted):
+            if abs(zi) > p.outlier_z and abs(value - centre) >= np.log(p.outlier_min_ratio):
+                findings.append(_finding(
+                    r.subject_id, "volume_outlier", name,
+                    f"{r.volume_ml:.1f} ml, {np.exp(value - centre):.2f}x the cohort's {median_ml:.1f} ml "
+                    f"for the subject's size (size factor {r.size_factor:.2f}, z {zi:+.1f})"))
     return findings
 
 

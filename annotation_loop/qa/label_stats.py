@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from skimage.morphology import convex_hull_object
 
 from annotation_loop.qa.meshing import VoxelGrid, class_boxes
 from totalseg_train import classes
@@ -19,7 +20,9 @@ from totalseg_train import classes
 @dataclass(frozen=True)
 class StatsParams:
     min_component_mm3: float = 1000.0  # smaller islands are ignored when counting components
-    body_hu: float = -500.0  # CT voxels above this are body (or table: only the largest component is kept)
+    body_hu: float = -500.0  # with a CT: voxels above this are tissue...
+    body_block_mm: float = 3.0  # ...judged on blocks of this size...
+    body_min_piece_ml: float = 10.0  # ...pieces smaller than this dropped, the others made convex per axial slice
     isolation_block_mm: float = 6.0  # without a CT: blocks on which the distance between labels is judged
     isolation_mm: float = 60.0  # without a CT: a piece of a class this far from every other label is outside
 
@@ -37,23 +40,35 @@ def _axial_axis(grid: VoxelGrid) -> int:
     return 2 - image_axis
 
 
-def body_mask_from_ct(ct: np.ndarray, grid: VoxelGrid, body_hu: float) -> np.ndarray:
-    """The patient's body: largest connected region above ``body_hu``, holes filled slice by slice.
+def body_mask_from_ct(ct: np.ndarray, grid: VoxelGrid, params: StatsParams) -> np.ndarray:
+    """The patient's body from the CT: tissue above ``body_hu``, each piece of it made convex per axial slice.
 
-    Filling in axial slices keeps lungs and bowel gas inside even where the airway leaves the scan.
+    Worked out on blocks of ``body_block_mm``. Pieces smaller than ``body_min_piece_ml`` (noise) are
+    dropped; in each axial slice every remaining piece (trunk, an arm, a leg) is replaced by its
+    convex hull, so lungs, airways and bowel gas are body even where the airway leaves the scan or
+    the chest wall is thin. The table is usually below ``body_hu`` and so not body.
     """
-    mask = ct > body_hu
-    components, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    body = components == int(np.argmax(sizes))
-    axis = _axial_axis(grid)
-    moved = np.moveaxis(body, axis, 0)
-    for i in range(moved.shape[0]):
-        moved[i] = ndimage.binary_fill_holes(moved[i])
-    return body
+    factors = _factors(grid, params.body_block_mm)
+    tissue = _block_sum(ct > params.body_hu, factors) > 0
+    pieces, _ = ndimage.label(tissue)
+    block_ml = float(np.prod(factors) * np.prod(grid.spacing_xyz)) / 1000.0
+    keep = np.bincount(pieces.ravel()) * block_ml >= params.body_min_piece_ml
+    keep[0] = False
+    slices = np.moveaxis(keep[pieces], _axial_axis(grid), 0)
+    body = np.zeros_like(slices)
+    for i in np.flatnonzero(slices.any(axis=(1, 2))):
+        body[i] = convex_hull_object(slices[i], connectivity=2)
+    full = np.moveaxis(body, 0, _axial_axis(grid))
+    full = full.repeat(factors[0], 0).repeat(factors[1], 1).repeat(factors[2], 2)
+    return full[: ct.shape[0], : ct.shape[1], : ct.shape[2]]
+
+
+def _spacing_zyx(grid: VoxelGrid) -> tuple[float, float, float]:
+    return tuple(grid.spacing_xyz[::-1])
+
+
+def _factors(grid: VoxelGrid, block_mm: float) -> tuple[int, int, int]:
+    return tuple(max(1, int(round(block_mm / s))) for s in _spacing_zyx(grid))
 
 
 def _block_sum(mask: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
@@ -72,8 +87,7 @@ def isolated_voxels(labels: np.ndarray, grid: VoxelGrid, params: StatsParams):
     in the air, on the table, or far from where it belongs. Stray labels close to the skin are
     not seen this way; with a CT the body itself is used.
     """
-    sx, sy, sz = grid.spacing_xyz
-    factors = tuple(max(1, int(round(params.isolation_block_mm / s))) for s in (sz, sy, sx))
+    factors = _factors(grid, params.isolation_block_mm)
     any_count = _block_sum(labels > 0, factors)
     reach = max(1, int(round(params.isolation_mm / params.isolation_block_mm)))
     cube = np.ones((3, 3, 3), bool)
@@ -105,7 +119,7 @@ def measure(
     voxel_mm3 = float(np.prod(grid.spacing_xyz))
     min_voxels = max(1, int(np.ceil(params.min_component_mm3 / voxel_mm3)))
     if ct is not None:
-        body = body_mask_from_ct(ct, grid, params.body_hu)
+        body = body_mask_from_ct(ct, grid, params)
         body_source = "ct"
 
         def outside_count(class_id, box, mask):
