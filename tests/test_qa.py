@@ -298,3 +298,27 @@ def test_image_from_array_helper_matches_voxel_grid():
     corner = grid.corners_patient((4, 5, 6))
     expected = np.array(image.TransformIndexToPhysicalPoint((5, 4, 3)))
     assert np.allclose(corner.max(axis=0)[2], expected[2]) and np.allclose(corner.min(axis=0)[:2], expected[:2])
+
+
+def test_a_mirrored_grid_renders_like_the_original(flag_cohort):
+    """The same anatomy stored with rows running the other way (direction y = -1) must look the same,
+    lit from the front: a mirrored grid turns marching-cubes triangles inside out."""
+    label_map = read_label_map(flag_cohort / "err_swap.nii.gz")
+    grid = label_map.grid
+    ny = label_map.labels.shape[1]
+    origin = np.array(grid.origin_xyz) + np.reshape(grid.direction, (3, 3))[:, 1] * (ny - 1) * grid.spacing_xyz[1]
+    mirrored_direction = np.reshape(grid.direction, (3, 3)) * np.array([1, -1, 1])
+    mirrored = VoxelGrid(grid.spacing_xyz, tuple(origin), tuple(mirrored_direction.ravel()))
+    cfg = _qa_cfg()
+    groups = groups_from_config(cfg.render.groups)
+    renderer = _renderer(cfg)
+    frames = []
+    for labels, voxel_grid in ((label_map.labels, grid), (label_map.labels[:, ::-1, :].copy(), mirrored)):
+        meshes = mesh_classes(labels, voxel_grid, 3.0, 0.7)
+        frame, _ = renderer.render([[m for m in meshes if m.class_id in g.class_ids] for g in groups], class_colours())
+        frames.append(frame.astype(int))
+    renderer.close()
+    assert frames[0].shape == frames[1].shape
+    assert np.abs(frames[0] - frames[1]).mean() < 1.5
+    lit = frames[1].max(axis=2)
+    assert np.percentile(lit[lit > 40], 95) > 200  # highlights where the surfaces face the light

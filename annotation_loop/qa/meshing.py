@@ -98,6 +98,10 @@ def mesh_mask(
     linear = affine[:3, :3] @ np.diag(f[::-1])
     normals = normals_zyx[:, ::-1] @ np.linalg.inv(linear)
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    if np.linalg.det(affine[:3, :3]) < 0:
+        # A mirrored grid (e.g. rows stored posterior to anterior) turns the triangles inside out;
+        # the renderer would take the faces for back faces and light them from behind.
+        faces = faces[:, ::-1]
     return vertices.astype(np.float32), faces.astype(np.int32), normals.astype(np.float32)
 
 
