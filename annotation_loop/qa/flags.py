@@ -8,6 +8,7 @@ subjects first and knows where to look.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -133,8 +134,9 @@ def missing_expected(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) ->
     return findings
 
 
-def _class_names() -> set[str]:
-    return {c.name for c in classes.all_classes()}
+@lru_cache(maxsize=1)
+def _class_names() -> frozenset[str]:
+    return frozenset(c.name for c in classes.all_classes())
 
 
 def _midline(present: pd.DataFrame, scan: pd.Series) -> float:

@@ -140,7 +140,9 @@ function openViewer(s) {
   current = s;
   document.getElementById("viewer-id").textContent = s.subject_id;
   document.getElementById("viewer-controls").replaceChildren(controls(s));
-  document.getElementById("viewer-findings").innerHTML = s.findings.map(f => `<li>${f}</li>`).join("");
+  document.getElementById("viewer-findings").replaceChildren(...s.findings.map(f => {
+    const li = document.createElement("li"); li.textContent = f; return li;
+  }));
   document.getElementById("sheet").src = s.sheet;
   document.getElementById("viewer").className = "open";
 }
