@@ -1,0 +1,279 @@
+"""The training engine end to end on a curated phantom cohort: real curation, real nnU-Net planning,
+training (tiny, a few iterations on CPU), prediction and evaluation; wandb offline; highres planning."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+from omegaconf import OmegaConf
+from wandb.proto import wandb_internal_pb2
+
+from totalseg_train import classes
+from totalseg_train.config import compose_config
+from totalseg_train.engine import predict, train_model
+from totalseg_train.engine.datasets import part_datasets
+from totalseg_train.engine.environment import nnunet_environment
+from totalseg_train.engine.pipeline import make_split, prepare_part
+from totalseg_train.images import Geometry
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "nnUNetTrainerTotalSegNoMirroring__TotalSegPlans__3d_fullres_tiny"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A phantom cohort drawn at 6 mm in-plane and 5 mm slices, curated by the real curation stage, with the
+    phantom's truth as labels. The training labels (``train_labels/``) hold four subjects of three patients:
+    both exams of one two-exam patient and one exam of two others; the 597-slice whole-body scan is left out
+    to keep predictions fast."""
+    from data_prep.phantom.cohort import generate_cohort
+    from data_prep.phantom.truth_labels import export_truth_labels
+
+    ws = tmp_path_factory.mktemp("train_ws")
+    cfg = compose_config("phantom", [f"paths.workspace={ws}", "n_subjects=8", "seed=0", "pixel_spacing_mm=6.0",
+                                     "slice_thickness_mm.values=[5.0]", "slice_thickness_mm.weights=[1.0]"])
+    generate_cohort(cfg, progress=False)
+    run = subprocess.run([sys.executable, "-m", "data_prep.curate", f"paths.workspace={ws}", "progress=false"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    export_truth_labels(ws / "private" / "pseudonym_key.csv", ws / "raw" / "truth", ws / "curated" / "images",
+                        ws / "truth_labels")
+    subjects = pd.read_csv(ws / "curated" / "subjects.csv", dtype=str)
+    subjects = subjects[subjects.n_slices.astype(int) < 300]
+    exams = subjects.groupby("patient").subject_id.apply(sorted)
+    pair = exams[exams.map(len) == 2].index[0]
+    chosen = list(exams[pair]) + [ids[0] for patient, ids in exams.items() if patient != pair][:2]
+    (ws / "train_labels").mkdir()
+    for sid in chosen:
+        shutil.copy(ws / "truth_labels" / f"{sid}.nii.gz", ws / "train_labels" / f"{sid}.nii.gz")
+    return ws
+
+
+def train_overrides(ws: Path) -> list[str]:
+    # One process, one thread: steady on a CPU shared with other jobs (and no worker start-up to wait for).
+    return ["+experiment=tiny", f"paths.workspace={ws}", f"labels_dir={ws / 'train_labels'}", "workers=1",
+            "data_workers=0", "torch_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(workspace) -> Path:
+    """``python -m totalseg_train +experiment=tiny`` with wandb offline, as a user runs it."""
+    run = subprocess.run([sys.executable, "-m", "totalseg_train", *train_overrides(workspace), "logger=wandb"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert "tiny: train 2, validation 1, test 1" in run.stdout
+    return workspace
+
+
+def read_split(ws: Path) -> dict:
+    return json.loads((ws / "nnunet" / "split.json").read_text())
+
+
+def test_the_test_split_is_predicted_as_v1_label_maps_on_each_images_grid(tiny_run):
+    split = read_split(tiny_run)
+    predictions = tiny_run / "results" / "tiny" / "predictions"
+    assert sorted(p.name for p in predictions.glob("*.nii.gz")) == [f"{s}.nii.gz" for s in split["test"]]
+    for sid in split["test"]:
+        label = sitk.ReadImage(str(predictions / f"{sid}.nii.gz"))
+        assert Geometry.of_image(label).matches(Geometry.of_file(tiny_run / "curated" / "images" / f"{sid}.nii.gz"))
+        assert label.GetPixelID() == sitk.sitkUInt8
+        assert set(np.unique(sitk.GetArrayViewFromImage(label)).tolist()) <= set(range(classes.num_classes() + 1))
+
+
+def test_test_subjects_never_reach_nnunet_and_the_split_is_fold_0(tiny_run):
+    split = read_split(tiny_run)
+    patients = split["patients"]
+    assert {patients[s] for s in split["test"]}.isdisjoint(patients[s] for s in split["train"] + split["val"])
+    assert len(split["train"]) == 2 and len({patients[s] for s in split["train"]}) == 1  # both exams of a patient
+    nnunet = tiny_run / "nnunet"
+    everything = [p.name for p in nnunet.rglob("*") if p.is_file()]
+    for sid in split["test"]:
+        assert not [name for name in everything if name.startswith(f"{sid}.") or name.startswith(f"{sid}_")]
+    folds = json.loads((nnunet / "preprocessed" / "Dataset390_tiny" / "splits_final.json").read_text())
+    assert folds == [{"train": sorted(split["train"]), "val": sorted(split["val"])}]
+    dataset = json.loads((nnunet / "raw" / "Dataset390_tiny" / "dataset.json").read_text())
+    assert dataset["numTraining"] == 3 and len(dataset["labels"]) == 105
+    assert dataset["labels"]["liver"] == classes.id_of("liver")
+
+
+def test_the_model_is_planned_and_trained_as_the_tiny_experiment_says(tiny_run):
+    plans = json.loads((tiny_run / "nnunet" / "preprocessed" / "Dataset390_tiny" / "TotalSegPlans.json").read_text())
+    assert plans["configurations"]["3d_fullres"]["spacing"] == [6.0, 6.0, 6.0]
+    tiny = plans["configurations"]["3d_fullres_tiny"]
+    assert tiny["inherits_from"] == "3d_fullres" and tiny["patch_size"] == [32, 32, 32]
+    assert tiny["architecture"]["arch_kwargs"]["features_per_stage"] == [8, 16, 32]
+    assert tiny["training_schedule"] == {"num_epochs": 2, "num_iterations_per_epoch": 10,
+                                         "num_val_iterations_per_epoch": 2}
+    fold = tiny_run / "nnunet" / "results" / "Dataset390_tiny" / MODEL / "fold_0"
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["current_epoch"] == 2 and checkpoint["inference_allowed_mirroring_axes"] is None
+    assert checkpoint["trainer_name"] == "nnUNetTrainerTotalSegNoMirroring"
+    assert len(checkpoint["logging"]["train_losses"]) == 2
+
+
+def test_the_run_summary_and_the_test_scores_are_written(tiny_run):
+    results = tiny_run / "results" / "tiny"
+    summary = json.loads((results / "run_summary.json").read_text())
+    assert summary["split"]["test"] == 1 and summary["split"]["test_subjects"] == read_split(tiny_run)["test"]
+    part = summary["parts"]["all"]
+    assert part["trained"] and part["epochs"] == 2 and part["final_train_loss"] > 0
+    assert summary["evaluation"]["subjects"]["scored"] == 1
+    scores = pd.read_parquet(results / "scores.parquet")
+    assert set(scores.subject_id) == set(summary["split"]["test_subjects"])
+    assert summary["config"]["model"]["name"] == "tiny"
+    manifest = json.loads((results / "model.json").read_text())
+    assert [p["part"] for p in manifest["parts"]] == ["all"] and len(manifest["parts"][0]["v1_class_ids"]) == 104
+
+
+def wandb_records(path: Path):
+    """The records of a .wandb file (wandb's LevelDB-style log: 32 KiB blocks of CRC, length, type, data)."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pos += 7
+        if kind == 0:
+            pos += left - 7
+            continue
+        chunk, pos = data[pos:pos + length], pos + length
+        if kind in (1, 2):
+            pending = chunk
+        else:
+            pending += chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def test_wandb_offline_run_files_hold_the_logged_losses_config_and_test_summary(tiny_run):
+    fold = tiny_run / "nnunet" / "results" / "Dataset390_tiny" / MODEL / "fold_0"
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    history, config, summary = {}, set(), set()
+    run_ids = set()
+    for run_file in sorted((fold / "wandb").glob("offline-run-*/run-*.wandb")):
+        run_ids.add(run_file.stem)
+        for record in wandb_records(run_file):
+            kind = record.WhichOneof("record_type")
+            if kind == "history":
+                items = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in record.history.item}
+                for key in ("train_losses", "val_losses"):
+                    if key in items:
+                        history.setdefault(key, {})[record.history.step.num] = items[key]
+            elif kind == "config":
+                config |= {item.key or "/".join(item.nested_key) for item in record.config.update}
+            elif kind == "summary":
+                summary |= {item.key or "/".join(item.nested_key) for item in record.summary.update}
+    assert len(run_ids) == 1  # nnU-Net's run, resumed by the engine
+    for key in ("train_losses", "val_losses"):
+        logged = [history[key][step] for step in sorted(history[key])]
+        assert np.allclose(logged, checkpoint["logging"][key], rtol=1e-6)
+    assert "totalseg" in config
+    assert "test/overall/dice/mean" in summary
+
+
+def test_predict_a_single_nifti_with_probabilities_on_its_own_grid(tiny_run, tmp_path):
+    source = sitk.ReadImage(str(tiny_run / "curated" / "images" / f"{read_split(tiny_run)['train'][0]}.nii.gz"))
+    cropped = source[10:70, 15:75, 5:40]  # another grid than any training image: origin and size differ
+    image = tmp_path / "in" / "crop1.nii.gz"
+    image.parent.mkdir()
+    sitk.WriteImage(cropped, str(image))
+    out = tmp_path / "out"
+    result = predict(tiny_run / "results" / "tiny", image, out, save_probabilities=True, device="cpu", workers=1,
+                     progress=False, threads=1)
+    assert result == {"crop1": out / "crop1.nii.gz"}
+    label = sitk.ReadImage(str(result["crop1"]))
+    assert Geometry.of_image(label).matches(Geometry.of_image(cropped))
+    labels = sitk.GetArrayFromImage(label)
+    with np.load(out / "probabilities" / "all" / "crop1.npz") as data:
+        probabilities = data["probabilities"]
+    assert probabilities.shape == (105, *labels.shape)
+    assert np.array_equal(labels, probabilities.argmax(axis=0))  # "all": local ids are v1 ids
+    entropy = pd.read_csv(out / "entropy.csv")
+    counts = np.bincount(labels.ravel(), minlength=classes.num_classes() + 1)
+    assert dict(zip(entropy.class_id, entropy.n_voxels)) == {i: int(c) for i, c in enumerate(counts) if i and c}
+    assert (entropy.mean_entropy >= 0).all() and (entropy.mean_entropy <= np.log(105) + 1e-6).all()
+    assert set(entropy.subject_id) <= {"crop1"}
+
+
+def test_rerunning_skips_finished_work(tiny_run):
+    fold = tiny_run / "nnunet" / "results" / "Dataset390_tiny" / MODEL / "fold_0"
+    prediction = next((tiny_run / "results" / "tiny" / "predictions").glob("*.nii.gz"))
+    before = {p: p.stat().st_mtime_ns for p in (fold / "checkpoint_final.pth", prediction,
+                                                 tiny_run / "nnunet" / "split.json")}
+    run = subprocess.run([sys.executable, "-m", "totalseg_train", *train_overrides(tiny_run)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "trained already" in run.stdout + run.stderr
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_resume_continues_an_unfinished_training_from_its_last_checkpoint(tiny_run, tmp_path, monkeypatch):
+    """A copy of the trained model stopped after its last checkpoint (simulated: the final checkpoint renamed
+    to latest); resume=true with one more epoch trains only that epoch."""
+    shutil.copytree(tiny_run / "nnunet", tmp_path / "nnunet")
+    fold = tmp_path / "nnunet" / "results" / "Dataset390_tiny" / MODEL / "fold_0"
+    before = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
+    (fold / "checkpoint_final.pth").rename(fold / "checkpoint_latest.pth")
+    cfg = compose_config("train", [*train_overrides(tiny_run), "resume=true", "model.epochs=3",
+                                   f"paths.nnunet={tmp_path / 'nnunet'}", f"paths.results={tmp_path / 'results'}"])
+    for key, value in nnunet_environment(cfg).items():
+        monkeypatch.setenv(key, value)
+    assert train_model(cfg) == tmp_path / "results" / "tiny"
+    after = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert after["current_epoch"] == 3 and not (fold / "checkpoint_latest.pth").exists()
+    assert np.allclose(after["logging"]["train_losses"][:2], before["train_losses"])
+    assert len(after["logging"]["train_losses"]) == 3
+
+
+def test_highres_plans_five_part_datasets_with_their_classes(workspace, monkeypatch):
+    """Planning only (no preprocessing, no training): nnU-Net plans each part at 1.5 mm."""
+    cfg = compose_config("train", ["+experiment=highres", f"paths.workspace={workspace}",
+                                   f"labels_dir={workspace / 'train_labels'}",
+                                   f"paths.nnunet={workspace / 'nnunet_highres'}", "workers=1"])
+    for key, value in nnunet_environment(cfg).items():
+        monkeypatch.setenv(key, value)
+    split = make_split(cfg)
+    for dataset in part_datasets(cfg):
+        plan = prepare_part(dataset, split, cfg, preprocess=False)
+        plans = plan.plans()
+        assert plans["dataset_name"] == dataset.name
+        assert plans["configurations"]["3d_fullres"]["spacing"] == [1.5, 1.5, 1.5]
+        assert plans["configurations"]["3d_fullres_highres"]["training_schedule"]["num_epochs"] == 4000
+        labels = json.loads((plan.preprocessed_dir / "dataset.json").read_text())["labels"]
+        assert labels == {"background": 0, **{c.name: i for i, c in enumerate(classes.in_part(dataset.part), 1)}}
+        assert not list(plan.preprocessed_dir.glob("TotalSegPlans_3d_fullres"))  # not preprocessed
+        raw_labels = Path(nnunet_environment(cfg)["nnUNet_raw"]) / dataset.name / "labelsTr"
+        for path in raw_labels.glob("*.nii.gz"):
+            assert np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))).max() <= len(labels) - 1
+    assert sorted(p.name for p in (workspace / "nnunet_highres" / "preprocessed").iterdir()) == [
+        "Dataset310_highres_organs", "Dataset311_highres_vertebrae", "Dataset312_highres_cardiac",
+        "Dataset313_highres_muscles", "Dataset314_highres_ribs"]
+
+
+def test_cfg_job_prints_the_resolved_experiment(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "totalseg_train", "+experiment=highres", f"paths.workspace={tmp_path}",
+                          "part=ribs", "--cfg", "job", "--resolve"],
+                         capture_output=True, text=True, check=True, cwd=REPO).stdout
+    cfg = OmegaConf.create(out)
+    assert cfg.model.name == "highres" and cfg.model.configuration == "3d_fullres_highres" and cfg.part == "ribs"
+    assert cfg.split.file == f"{tmp_path}/nnunet/split.json"
+    assert not (tmp_path / "nnunet").exists()
+    assert os.environ.get("nnUNet_raw") != f"{tmp_path}/nnunet/raw"

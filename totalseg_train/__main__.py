@@ -1,0 +1,39 @@
+"""python -m totalseg_train +experiment=highres|fast|tiny: train an experiment and score its test split.
+
+Overrides: any config value, e.g. ``device=cpu``, ``part=organs`` (one part model: a launcher sweep runs
+``-m part=organs,vertebrae,cardiac,muscles,ribs``), ``resume=true``, ``logger=wandb``. ``--cfg job``
+prints the resolved config without running.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    # nnU-Net reads some settings when first imported: set its environment before importing the engine.
+    from totalseg_train.engine.environment import configure_nnunet
+
+    configure_nnunet(cfg)
+    from totalseg_train.engine import run
+
+    summary = run(cfg)
+    counts = summary["split"]
+    print(f"{summary['experiment']}: train {counts['train']}, validation {counts['val']}, test {counts['test']}")
+    for part, record in summary["parts"].items():
+        dice = record.get("validation_dice")
+        state = (f"{record['epochs']} epochs, validation Dice {'n/a' if dice is None else f'{dice:.3f}'}"
+                 if record["trained"] else "not trained yet")
+        print(f"  {part}: {state}")
+    overall = (summary["evaluation"] or {}).get("overall")
+    if overall:
+        print(f"  test split: mean Dice {overall['dice']['mean']:.3f}, mean NSD {overall['nsd']['mean']:.3f}")
+    if summary["predictions"]:
+        print(f"  test predictions: {summary['predictions']['dir']}")
+    print(f"  summary: {summary['config']['paths']['results']}/{summary['experiment']}/run_summary.json")
+
+
+if __name__ == "__main__":
+    main()

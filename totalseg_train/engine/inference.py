@@ -1,0 +1,190 @@
+"""Predict CT images with a trained experiment: v1 label maps on each input's grid.
+
+Every part model predicts with nnU-Net's predictor (no mirroring: left and right are separate classes);
+the part-local labels are mapped to v1 ids and merged into one label map per subject, written when
+complete. With ``save_probabilities`` the parts' softmax outputs (nnU-Net's .npz) are kept under
+``probabilities/<part>/`` and a per-class entropy table (``entropy.csv``) is written for uncertainty
+ranking.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import torch
+from omegaconf import DictConfig
+
+from totalseg_train import classes
+from totalseg_train.atomic import TMP_MARK, remove_stale_temporaries, write_table
+from totalseg_train.engine.cohort import image_path, subject_id_of
+from totalseg_train.engine.datasets import FILE_ENDING
+from totalseg_train.engine.environment import TRAINER_DIR, scoped_environment, torch_device
+from totalseg_train.engine.model import PartModel, TrainedModel, load_model
+from totalseg_train.engine.training import FINAL_CHECKPOINT, FOLD, set_torch_threads
+from totalseg_train.images import Geometry, write_image
+
+log = logging.getLogger(__name__)
+ENTROPY_TABLE = "entropy.csv"
+
+
+def merge_part_labels(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """One v1 label map from part-local label maps and their local -> v1 lookup tables.
+
+    Part models segment disjoint classes; where two claim a voxel, the later part in the list wins.
+    """
+    merged = np.zeros(parts[0][0].shape, dtype=np.uint8)
+    for local, to_global in parts:
+        merged = np.where(local > 0, to_global[local], merged).astype(np.uint8)
+    return merged
+
+
+def voxel_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) of the class distribution of each voxel; classes on axis 0."""
+    p = probabilities.astype(np.float32, copy=False)
+    return -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=0)
+
+
+def entropy_by_class(probabilities: np.ndarray, labels: np.ndarray, to_global: np.ndarray) -> pd.DataFrame:
+    """Mean voxel entropy inside each predicted class (v1 ids), with the class's voxel count."""
+    entropy = voxel_entropy(probabilities).ravel()
+    flat = labels.ravel().astype(np.int64)
+    counts = np.bincount(flat, minlength=len(to_global))
+    sums = np.bincount(flat, weights=entropy, minlength=len(to_global))
+    rows = [{"class_id": int(to_global[local]), "class_name": classes.by_id(int(to_global[local])).name,
+             "n_voxels": int(counts[local]), "mean_entropy": float(sums[local] / counts[local])}
+            for local in range(1, len(to_global)) if counts[local]]
+    return pd.DataFrame(rows, columns=["class_id", "class_name", "n_voxels", "mean_entropy"])
+
+
+def collect_images(images: list[str | Path] | str | Path) -> list[Path]:
+    """A NIfTI file, a folder of them, or a list of files."""
+    if isinstance(images, (str, Path)):
+        path = Path(images)
+        if path.is_dir():
+            files = sorted(path.glob(f"*{FILE_ENDING}"))
+            if not files:
+                raise FileNotFoundError(f"{path}: no {FILE_ENDING} images to predict")
+            return files
+        images = [path]
+    files = [Path(p) for p in images]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"images not found: {', '.join(missing)}")
+    ids = [subject_id_of(p) for p in files]
+    if len(set(ids)) != len(ids):
+        raise ValueError("two images share a subject id (file name)")
+    return files
+
+
+def _predict_part(part: PartModel, images: list[Path], work: Path, tile_step_size: float, device: torch.device,
+                  save_probabilities: bool, workers: int, progress: bool) -> None:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=device.type == "cuda", device=device,
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=progress)
+    with scoped_environment({"nnUNet_extTrainer": os.environ.get("nnUNet_extTrainer") or str(TRAINER_DIR)}):
+        predictor.initialize_from_trained_model_folder(str(part.folder), use_folds=(FOLD,),
+                                                       checkpoint_name=FINAL_CHECKPOINT)
+    inputs, outputs = [[str(p)] for p in images], [str(work / subject_id_of(p)) for p in images]
+    work.mkdir(parents=True, exist_ok=True)
+    if workers <= 1:  # in this process: no worker start-up, which dominates for a few images
+        predictor.predict_from_files_sequential(inputs, outputs, save_probabilities=save_probabilities)
+    else:
+        predictor.predict_from_files(inputs, outputs, save_probabilities=save_probabilities, overwrite=True,
+                                     num_processes_preprocessing=workers, num_processes_segmentation_export=workers)
+
+
+def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path, save_probabilities: bool
+                   ) -> tuple[Path, pd.DataFrame | None]:
+    sid = subject_id_of(image)
+    loaded = [(sitk.ReadImage(str(image_path(work / p.part, sid))), p) for p in model.parts]
+    reference = loaded[0][0]
+    expected = Geometry.of_file(image)
+    if not Geometry.of_image(reference).matches(expected):
+        raise RuntimeError(f"{sid}: prediction grid {Geometry.of_image(reference).describe()} differs from the "
+                           f"image's {expected.describe()}")
+    merged = merge_part_labels([(sitk.GetArrayFromImage(im), p.to_global()) for im, p in loaded])
+    label = sitk.GetImageFromArray(merged)
+    label.CopyInformation(reference)
+    target = image_path(out_dir, sid)
+    entropy = None
+    if save_probabilities:
+        tables = []
+        for im, p in loaded:
+            npz = work / p.part / f"{sid}.npz"
+            with np.load(npz) as data:
+                table = entropy_by_class(data["probabilities"], sitk.GetArrayViewFromImage(im), p.to_global())
+            tables.append(table.assign(subject_id=sid, part=p.part))
+            kept = out_dir / "probabilities" / p.part / f"{sid}.npz"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(npz, kept)
+        entropy = pd.concat(tables, ignore_index=True)
+    write_image(label, target)
+    return target, entropy
+
+
+def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Path, out_dir: str | Path,
+            save_probabilities: bool = False, device: str | None = None, workers: int | None = None,
+            overwrite: bool = False, progress: bool = True, threads: int | None = None) -> dict[str, Path]:
+    """Predict v1 label maps for the images with a trained model (a config, a model folder or model.json).
+
+    Returns subject_id -> label map (``<out_dir>/<subject_id>.nii.gz``, on the image's grid). Subjects
+    whose label map exists already are skipped unless ``overwrite``. ``device``: cuda | cpu | mps
+    (default: the config's, else cuda when available); ``workers``: nnU-Net's pre/post-processing
+    processes (default: the config's, else 2; 0 or 1: all in this process); ``threads``: torch threads (default: the config's
+    torch_threads, else nnU-Net's choice).
+    """
+    trained = load_model(model)
+    untrained = trained.untrained_parts()
+    if untrained:
+        raise RuntimeError(f"{trained.experiment}: part model(s) {', '.join(untrained)} are not trained yet")
+    cfg = model if isinstance(model, DictConfig) else None
+    device_name = device or (str(cfg.device) if cfg is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    workers = int(workers if workers is not None else (cfg.workers if cfg is not None else 2))
+    threads = threads if threads is not None or cfg is None else cfg.torch_threads
+    files = collect_images(images)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    done = {subject_id_of(p): image_path(out_dir, subject_id_of(p)) for p in files}
+    todo = [p for p in files if overwrite or not done[subject_id_of(p)].is_file()
+            or (save_probabilities and not _has_entropy(out_dir, subject_id_of(p)))]
+    if not todo:
+        return done
+    torch_dev = torch_device(device_name)
+    set_torch_threads(torch_dev, threads)
+    with tempfile.TemporaryDirectory(prefix=f"{TMP_MARK}predict-", dir=out_dir) as tmp:
+        work = Path(tmp)
+        for part in trained.parts:
+            log.info("predicting %d image(s) with the %s part model", len(todo), part.part)
+            _predict_part(part, todo, work / part.part, trained.tile_step_size, torch_dev, save_probabilities,
+                          workers, progress)
+        entropy = []
+        for image in todo:
+            _, table = _merge_subject(trained, work, image, out_dir, save_probabilities)
+            if table is not None:
+                entropy.append(table)
+    if entropy:
+        _update_entropy_table(out_dir, pd.concat(entropy, ignore_index=True))
+    return done
+
+
+def _has_entropy(out_dir: Path, subject_id: str) -> bool:
+    table = out_dir / ENTROPY_TABLE
+    return table.is_file() and subject_id in set(pd.read_csv(table, dtype={"subject_id": str}).subject_id)
+
+
+def _update_entropy_table(out_dir: Path, new: pd.DataFrame) -> None:
+    path = out_dir / ENTROPY_TABLE
+    columns = ["subject_id", "part", "class_id", "class_name", "n_voxels", "mean_entropy"]
+    if path.is_file():
+        old = pd.read_csv(path, dtype={"subject_id": str})
+        new = pd.concat([old[~old.subject_id.isin(new.subject_id)], new], ignore_index=True)
+    write_table(new[columns].sort_values(["subject_id", "class_id"]), path)

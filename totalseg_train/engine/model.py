@@ -1,0 +1,72 @@
+"""A trained model of an experiment: ``<paths.results>/<experiment>/model.json`` lists its part models.
+
+The manifest names each part's nnU-Net model folder (relative to the manifest) and the v1 class ids of
+its local labels, so prediction needs nothing but this folder (and the nnU-Net model folders it names).
+It is the same whichever part job writes it; whether a part is trained is read from its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from totalseg_train.atomic import write_text
+from totalseg_train.engine.training import is_trained
+
+MANIFEST = "model.json"
+
+
+@dataclass(frozen=True)
+class PartModel:
+    part: str
+    dataset: str
+    folder: Path
+    v1_class_ids: tuple[int, ...]
+
+    def to_global(self) -> np.ndarray:
+        """Lookup table local id -> v1 id."""
+        return np.array([0, *self.v1_class_ids], dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    experiment: str
+    parts: tuple[PartModel, ...]
+    tile_step_size: float
+    directory: Path
+
+    def untrained_parts(self) -> list[str]:
+        return [p.part for p in self.parts if not is_trained(p.folder)]
+
+
+def model_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.results) / str(cfg.model.name)
+
+
+def write_manifest(directory: Path, experiment: str, parts: list[PartModel], tile_step_size: float) -> Path:
+    doc = {
+        "experiment": experiment,
+        "tile_step_size": tile_step_size,
+        "parts": [{"part": p.part, "dataset": p.dataset, "folder": os.path.relpath(p.folder, directory),
+                   "v1_class_ids": list(p.v1_class_ids)} for p in parts],
+    }
+    path = Path(directory) / MANIFEST
+    write_text(path, json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def load_model(model: DictConfig | str | Path) -> TrainedModel:
+    """The trained model of a config (its experiment's results folder) or of a model folder / model.json."""
+    path = model_dir(model) if isinstance(model, DictConfig) else Path(model)
+    manifest = path if path.name == MANIFEST else path / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no trained model here (train it first: python -m totalseg_train)")
+    doc = json.loads(manifest.read_text())
+    parts = tuple(PartModel(p["part"], p["dataset"], (manifest.parent / p["folder"]).resolve(),
+                            tuple(p["v1_class_ids"])) for p in doc["parts"])
+    return TrainedModel(doc["experiment"], parts, float(doc["tile_step_size"]), manifest.parent)

@@ -1,0 +1,5 @@
+"""Seen by nnU-Net's trainer search; the classes themselves live in an importable module of the package."""
+
+from totalseg_train.engine.trainers import nnUNetTrainerTotalSeg, nnUNetTrainerTotalSegNoMirroring
+
+__all__ = ["nnUNetTrainerTotalSeg", "nnUNetTrainerTotalSegNoMirroring"]
