@@ -4,7 +4,6 @@ training (tiny, a few iterations on CPU), prediction and evaluation; wandb offli
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -276,4 +275,3 @@ def test_cfg_job_prints_the_resolved_experiment(tmp_path):
     assert cfg.model.name == "highres" and cfg.model.configuration == "3d_fullres_highres" and cfg.part == "ribs"
     assert cfg.split.file == f"{tmp_path}/nnunet/split.json"
     assert not (tmp_path / "nnunet").exists()
-    assert os.environ.get("nnUNet_raw") != f"{tmp_path}/nnunet/raw"

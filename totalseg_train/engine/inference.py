@@ -158,6 +158,8 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
             or (save_probabilities and not _has_entropy(out_dir, subject_id_of(p)))]
     if not todo:
         return done
+    # nnU-Net reads its default process count once, at its first import: match it to ``workers`` if unset.
+    os.environ.setdefault("nnUNet_def_n_proc", str(max(1, workers)))
     torch_dev = torch_device(device_name)
     set_torch_threads(torch_dev, threads)
     with tempfile.TemporaryDirectory(prefix=f"{TMP_MARK}predict-", dir=out_dir) as tmp:
