@@ -41,6 +41,12 @@ phantom: setup ## Generate a phantom cohort: make phantom WORKSPACE=... DEMO_SUB
 
 demo: setup ## Run the pipeline on a small phantom cohort in $(WORKSPACE)
 	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS)
+	$(PY) -m data_prep.curate paths.workspace=$(WORKSPACE)
+	@cat $(WORKSPACE)/reports/characteristics.md
+	$(PY) -m data_prep.phantom.truth_labels paths.workspace=$(WORKSPACE)
+	$(PY) -m annotation_loop.qa labels_dir=$(WORKSPACE)/truth_labels paths.workspace=$(WORKSPACE) render.ct_slice=true
+	@echo "QA grids: $(WORKSPACE)/qa/grids/ ; review page: $(PY) -m annotation_loop.review paths.workspace=$(WORKSPACE)"
+	$(PY) -m totalseg_train +experiment=tiny paths.workspace=$(WORKSPACE) labels_dir=$(WORKSPACE)/truth_labels device=cpu
 
 bench-phantom: setup ## Time the generation of 30 phantom subjects at 3 mm
 	@d=$$(mktemp -d); $(PY) -m data_prep.phantom paths.workspace=$$d n_subjects=30 workers=2; rm -rf $$d
