@@ -9,7 +9,7 @@ DEMO_SUBJECTS ?= 12
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps test demo phantom clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train
+.PHONY: bootstrap-round help setup system-deps test demo phantom clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-qa: setup ## Time one subject's 8-view QA sheet against the plain single-v
 	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
 	$(PY) -m data_prep.phantom paths.workspace=$$d n_subjects=1 pixel_spacing_mm=1.5 workers=1 >/dev/null && \
 	$(PY) -m annotation_loop.qa.bench --labels $$d/raw/truth/p0000_e0_s02.nii.gz --spacing-mm 1.5
+
+bootstrap-round: setup ## One annotation bootstrap round: make bootstrap-round [N=100] [WORKSPACE=...]
+	$(PY) -m annotation_loop.round paths.workspace=$(WORKSPACE) $(if $(N),n_reviewed=$(N))
 
 clean-demo: ## Remove the demo workspace
 	rm -rf $(WORKSPACE)

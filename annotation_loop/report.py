@@ -57,11 +57,13 @@ def _markdown(table: pd.DataFrame, rounds: list[dict]) -> str:
 
 def _plot(table: pd.DataFrame, path: Path) -> None:
     fig, left = plt.subplots(figsize=(6, 3.5), dpi=100)
-    left.bar(table["round"].astype(str), table["median_minutes"], color="#4c72b0")
+    x = list(range(len(table)))
+    left.bar(x, table["median_minutes"], color="#4c72b0")
+    left.set_xticks(x, [str(r) for r in table["round"]])
     left.set_xlabel("round (0 = drawn from scratch)")
     left.set_ylabel("median correction minutes / subject")
     right = left.twinx()
-    right.plot(table["round"].astype(str), table["mean_dice"], color="#dd8452", marker="o")
+    right.plot(x, table["mean_dice"], color="#dd8452", marker="o")
     right.set_ylabel("Dice of the prediction", color="#dd8452")
     right.set_ylim(0, 1)
     left.set_title("Correction effort per bootstrap round")

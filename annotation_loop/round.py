@@ -1,0 +1,176 @@
+"""python -m annotation_loop.round n_reviewed=N: one round of the annotation bootstrap.
+
+Trains the configured experiment on the first N reviewed subjects, predicts the next batch of
+unlabeled subjects, writes their predictions with label tables for 3D Slicer and ITK-SNAP,
+renders their QA sheets and flags, and hands annotators a worklist ranked by expected
+correction effort. Each step is recorded in the ledger when done; a killed round re-runs from
+the first unfinished step.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from annotation_loop import round_model
+from annotation_loop.label_store import LabelStore, link_latest
+from annotation_loop.label_tables import write_label_tables
+from annotation_loop.ledger import IN_CORRECTION, PREDICTED, UNLABELED, Ledger
+from annotation_loop.lock import RoundLocked, exclusive
+from annotation_loop.report import write_round_report
+from annotation_loop.start import register_curated, worklist_path
+from annotation_loop.worklist import rank
+from totalseg_train.atomic import write_table
+
+STEPS = ("select", "train", "predict", "tables", "qa", "worklist")
+
+
+class RoundError(RuntimeError):
+    """A round that cannot run as asked (too few reviewed subjects, schedule exhausted)."""
+
+
+@dataclass
+class RoundResult:
+    number: int
+    n_reviewed: int
+    predicted: list[str]
+    worklist: Path | None
+    skipped_steps: list[str]
+
+
+def next_scheduled(schedule: list[int], rounds: list[dict]) -> int:
+    """The first N of the schedule without a finished round."""
+    done = {r["n_reviewed"] for r in rounds if r["finished_at"]}
+    for n in schedule:
+        if n not in done:
+            return int(n)
+    raise RoundError(f"every scheduled round ({', '.join(map(str, schedule))}) has run; pass n_reviewed=N to run another")
+
+
+def batch_size(cfg: DictConfig, n: int) -> int:
+    """Subjects to predict: configured, or enough to reach the next scheduled N."""
+    if cfg.bootstrap.batch_size:
+        return int(cfg.bootstrap.batch_size)
+    later = [int(s) for s in cfg.bootstrap.schedule if int(s) > n]
+    return (later[0] - n) if later else n
+
+
+def _round_number(ledger: Ledger, n: int) -> tuple[int, bool]:
+    """(round number, already finished) for a round on N reviewed subjects."""
+    for r in ledger.rounds():
+        if r["n_reviewed"] == n:
+            return r["number"], bool(r["finished_at"])
+    return len(ledger.rounds()) + 1, False
+
+
+def run_round(cfg: DictConfig) -> RoundResult:
+    annotation = Path(cfg.paths.annotation)
+    with exclusive(annotation / "round.lock", "a bootstrap round"):
+        ledger = Ledger(cfg.bootstrap.ledger)
+        try:
+            return _run_locked(cfg, ledger, annotation)
+        finally:
+            ledger.close()
+
+
+def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResult:
+    register_curated(ledger, Path(cfg.bootstrap.subjects_csv), int(cfg.bootstrap.seed))
+    n = int(cfg.n_reviewed) if cfg.n_reviewed is not None else next_scheduled(list(cfg.bootstrap.schedule), ledger.rounds())
+    number, finished = _round_number(ledger, n)
+    if finished:
+        raise RoundError(f"round {number} on N={n} reviewed subjects has already finished")
+    reviewed = ledger.reviewed_in_order()
+    if len(reviewed) < n and ledger.round(number) is None:
+        raise RoundError(f"round on N={n} needs {n} reviewed subjects; {len(reviewed)} are reviewed "
+                         f"({ledger.counts()[IN_CORRECTION]} in correction). Ingest corrections first.")
+    experiment = str(cfg.bootstrap.experiment)
+    ledger.start_round(number, n, experiment, OmegaConf.to_container(cfg, resolve=True))
+    store = LabelStore(annotation)
+    rdir = store.round_dir(number)
+    done = list(ledger.round(number)["steps"])
+
+    if "select" not in done:
+        train_ids = reviewed[:n]
+        labels = rdir / "labels"
+        for subject_id in train_ids:
+            # The round trains on the label versions final now; later corrections don't change it.
+            link_latest(store.current(subject_id).resolve(), labels / f"{subject_id}.nii.gz")
+        queue = [s.subject_id for s in ledger.subjects(UNLABELED)][: batch_size(cfg, n)]
+        write_table(pd.DataFrame({"subject_id": train_ids}), rdir / "train_subjects.csv")
+        write_table(pd.DataFrame({"subject_id": queue}), rdir / "batch.csv")
+        ledger.finish_step(number, "select", {"n_train": len(train_ids), "n_batch": len(queue)})
+    train_ids = list(pd.read_csv(rdir / "train_subjects.csv", dtype=str).subject_id)
+    batch = list(pd.read_csv(rdir / "batch.csv", dtype=str).subject_id)
+    train_cfg = round_model.train_config(cfg, rdir, experiment)
+
+    if "train" not in done:
+        start = time.perf_counter()
+        model = round_model.train(train_cfg, train_ids)
+        ledger.finish_step(number, "train", {"train_seconds": time.perf_counter() - start}, model=model)
+    model = ledger.round(number)["model"]
+
+    predicted_dir = store.predicted_dir(number)
+    if "predict" not in done:
+        images = Path(cfg.bootstrap.images_dir)
+        uncertainty = round_model.predict_batch(train_cfg, [images / f"{s}.nii.gz" for s in batch], predicted_dir,
+                                            rdir / "uncertainty.csv")
+        with ledger.transaction() as db:
+            for subject_id in batch:
+                subject = ledger.subject(subject_id)
+                if subject.state == PREDICTED and subject.round == number:
+                    continue  # moved before an interruption
+                ledger.move(db, subject_id, PREDICTED, round=number, model=model,
+                            prediction=str(store.predicted(number, subject_id)))
+        ledger.finish_step(number, "predict", {"n_predicted": len(uncertainty)})
+
+    if "tables" not in done:
+        write_label_tables(predicted_dir)
+        ledger.finish_step(number, "tables")
+
+    qa_dir = Path(cfg.paths.qa) / f"round_{number:02d}"
+    if "qa" not in done:
+        round_model.render_qa(cfg, predicted_dir, qa_dir, batch)
+        ledger.finish_step(number, "qa")
+
+    worklist = worklist_path(annotation, number)
+    if "worklist" not in done:
+        flags = pd.read_csv(qa_dir / "flags.csv", dtype={"subject_id": str}, keep_default_na=False)
+        uncertainty = pd.read_csv(rdir / "uncertainty.csv", dtype={"subject_id": str})
+        table = uncertainty.merge(flags[["subject_id", "n_flags", "flags"]], on="subject_id", how="left")
+        table = table.fillna({"n_flags": 0, "flags": ""})
+        ranked = rank(table, float(cfg.bootstrap.worklist.flag_weight), float(cfg.bootstrap.worklist.entropy_weight))
+        ranked["prediction"] = [str(store.predicted(number, s)) for s in ranked.subject_id]
+        ranked["qa_sheet"] = [str(qa_dir / "subjects" / f"{s}.png") for s in ranked.subject_id]
+        write_table(ranked, worklist)
+        with ledger.transaction() as db:
+            for subject_id in batch:
+                if ledger.subject(subject_id).state == PREDICTED:
+                    ledger.move(db, subject_id, IN_CORRECTION, round=number)
+        ledger.finish_step(number, "worklist")
+    write_round_report(ledger, Path(cfg.paths.reports), float(cfg.bootstrap.seconds_per_slice))
+    ledger.finish_round(number)
+    return RoundResult(number, n, batch, worklist, done)
+
+
+@hydra.main(config_path="../configs", config_name="round", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        result = run_round(cfg)
+    except (RoundError, RoundLocked) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    resumed = f" (resumed; steps already done: {', '.join(result.skipped_steps)})" if result.skipped_steps else ""
+    print(f"round {result.number}: trained on {result.n_reviewed} reviewed subjects{resumed}")
+    print(f"  predicted {len(result.predicted)} subjects; worklist (most work first): {result.worklist}")
+    print(f"  QA sheets: {Path(cfg.paths.qa) / f'round_{result.number:02d}'}")
+    print(f"  report: {Path(cfg.paths.reports) / 'bootstrap_rounds.md'}")
+
+
+if __name__ == "__main__":
+    main()

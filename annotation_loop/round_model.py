@@ -1,0 +1,53 @@
+"""A round's calls into the training engine and the QA renderer, with the round's own folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from annotation_loop.qa import render_subjects
+from totalseg_train.atomic import write_table
+from totalseg_train.config import compose_config
+from totalseg_train.engine.inference import predict
+from totalseg_train.engine.pipeline import train_model
+
+
+def train_config(cfg: DictConfig, round_dir: Path, experiment: str) -> DictConfig:
+    """The training config of one round: its own nnU-Net folders, labels and split, no test split."""
+    return compose_config("train", [
+        f"+experiment={experiment}",
+        f"paths.workspace={cfg.paths.workspace}",
+        f"paths.nnunet={round_dir}/nnunet",
+        f"paths.results={round_dir}/results",
+        f"images_dir={cfg.bootstrap.images_dir}",
+        f"subjects_csv={cfg.bootstrap.subjects_csv}",
+        f"labels_dir={round_dir}/labels",
+        "split.holdout_test=false",
+        *cfg.bootstrap.train_overrides,
+    ])
+
+
+def train(train_cfg: DictConfig, subject_ids: list[str]) -> str:
+    """Train on ``subject_ids``; returns the model folder."""
+    return str(train_model(train_cfg, subject_ids))
+
+
+def predict_batch(train_cfg: DictConfig, images: list[Path], out_dir: Path, uncertainty_csv: Path) -> pd.DataFrame:
+    """Predict the batch with softmax probabilities; write subject_id, entropy (voxel-weighted mean)."""
+    predict(train_cfg, images, out_dir, save_probabilities=True)
+    per_class = pd.read_csv(out_dir / "entropy.csv", dtype={"subject_id": str})
+    per_class = per_class[per_class.subject_id.isin([p.name.removesuffix(".nii.gz") for p in images])]
+    weighted = per_class.assign(w=per_class.mean_entropy * per_class.n_voxels).groupby("subject_id")
+    table = (weighted.w.sum() / weighted.n_voxels.sum()).rename("entropy").reset_index()
+    missing = sorted({p.name.removesuffix(".nii.gz") for p in images} - set(table.subject_id))
+    table = pd.concat([table, pd.DataFrame({"subject_id": missing, "entropy": 0.0})], ignore_index=True)
+    write_table(table, uncertainty_csv)
+    return table
+
+
+def render_qa(cfg: DictConfig, predicted_dir: Path, qa_dir: Path, subject_ids: list[str]) -> None:
+    qa_cfg = compose_config("qa", [f"paths.workspace={cfg.paths.workspace}", f"labels_dir={predicted_dir}",
+                                   f"out={qa_dir}"])
+    render_subjects(predicted_dir, qa_dir, qa_cfg, subject_ids)
