@@ -8,8 +8,21 @@ from pathlib import Path
 MESA_PACKAGE = "mesa-vulkan-drivers"
 
 
+def _load_triton_first() -> None:
+    """Load triton (torch's compiler, present in CUDA builds) before Mesa's driver.
+
+    Mesa's software Vulkan brings its own LLVM; a process that loads triton after it crashes with a
+    segmentation fault (seen when nnU-Net training follows a QA render in one process).
+    """
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+
+
 def prepare_environment() -> None:
     """Give the Vulkan loader the runtime folder it expects when no desktop session provides one."""
+    _load_triton_first()
     if not os.environ.get("XDG_RUNTIME_DIR"):
         runtime = Path(f"/tmp/runtime-{os.getuid()}")
         runtime.mkdir(mode=0o700, exist_ok=True)
