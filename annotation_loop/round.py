@@ -100,7 +100,7 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
         labels = rdir / "labels"
         for subject_id in train_ids:
             # The round trains on the label versions final now; later corrections don't change it.
-            link_latest(store.current(subject_id).resolve(), labels / f"{subject_id}.nii.gz")
+            link_latest(store.current(subject_id), labels / f"{subject_id}.nii.gz")
         queue = [s.subject_id for s in ledger.subjects(UNLABELED)][: batch_size(cfg, n)]
         write_table(pd.DataFrame({"subject_id": train_ids}), rdir / "train_subjects.csv")
         write_table(pd.DataFrame({"subject_id": queue}), rdir / "batch.csv")

@@ -66,11 +66,6 @@ def _tissue_of(name: str) -> str:
     return name
 
 
-def is_contrast_blood(name: str) -> bool:
-    """Vessels and heart chambers: the structures whose HU tells contrast from native."""
-    return _tissue_of(name).endswith("_blood")
-
-
 def tissue_lut(phase: str, age: float) -> np.ndarray:
     """HU for every class id (index 0 unused), given the contrast phase and the patient's age."""
     if phase not in PHASES:

@@ -83,10 +83,6 @@ class ExamPlan:
     def exam_id(self) -> str:
         return f"p{self.patient_index:04d}_e{self.exam_index}"
 
-    @property
-    def eligible(self) -> bool:
-        return self.consent == "yes" and self.extent not in EXTREMITY_EXTENTS
-
 
 def _choice(rng: np.random.Generator, weights: dict) -> str:
     keys = list(weights)

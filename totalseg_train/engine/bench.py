@@ -58,20 +58,28 @@ def checkpoint_logging(folder: Path) -> dict:
     return torch.load(fold_folder(folder) / FINAL_CHECKPOINT, map_location="cpu", weights_only=False)["logging"]
 
 
-def bench_overhead(bench: DictConfig) -> dict:
-    from nnunetv2.run.run_training import run_training
-
+def prepared(bench: DictConfig, experiment: str, section: DictConfig):
+    """The experiment's config, its single part dataset, its plan and the seconds planning took."""
     from totalseg_train.engine.datasets import part_datasets
-    from totalseg_train.engine.environment import configure_nnunet, nnunet_folders, scoped_environment, torch_device
-    from totalseg_train.engine.pipeline import make_split, prepare_part, train_model
-    from totalseg_train.engine.training import model_folder, set_torch_threads, trainer_name
+    from totalseg_train.engine.environment import configure_nnunet
+    from totalseg_train.engine.pipeline import make_split, prepare_part
 
-    cfg = train_configs(bench, "tiny", bench.overhead)
+    cfg = train_configs(bench, experiment, section)
     configure_nnunet(cfg)
     start = time.perf_counter()
     dataset = part_datasets(cfg)[0]
     plan = prepare_part(dataset, make_split(cfg), cfg)
-    prepare_seconds = time.perf_counter() - start
+    return cfg, dataset, plan, time.perf_counter() - start
+
+
+def bench_overhead(bench: DictConfig) -> dict:
+    from nnunetv2.run.run_training import run_training
+
+    from totalseg_train.engine.environment import nnunet_folders, scoped_environment, torch_device
+    from totalseg_train.engine.pipeline import train_model
+    from totalseg_train.engine.training import model_folder, set_torch_threads, trainer_name
+
+    cfg, dataset, plan, prepare_seconds = prepared(bench, "tiny", bench.overhead)
     engine_folder = model_folder(dataset, cfg)
     direct_root = Path(cfg.paths.nnunet) / "results_direct"
     direct_folder = direct_root / engine_folder.relative_to(nnunet_folders(cfg)["nnUNet_results"])
@@ -118,17 +126,10 @@ def bench_overhead(bench: DictConfig) -> dict:
 def bench_fast(bench: DictConfig) -> dict:
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from totalseg_train.engine.datasets import part_datasets
-    from totalseg_train.engine.environment import configure_nnunet, torch_device
-    from totalseg_train.engine.pipeline import make_split, prepare_part
+    from totalseg_train.engine.environment import torch_device
     from totalseg_train.engine.training import model_folder, set_torch_threads, trainer_name
 
-    cfg = train_configs(bench, "fast", bench.fast)
-    configure_nnunet(cfg)
-    start = time.perf_counter()
-    dataset = part_datasets(cfg)[0]
-    plan = prepare_part(dataset, make_split(cfg), cfg)
-    prepare_seconds = time.perf_counter() - start
+    cfg, dataset, plan, prepare_seconds = prepared(bench, "fast", bench.fast)
     shutil.rmtree(model_folder(dataset, cfg), ignore_errors=True)
     device = torch_device(str(cfg.device))
     set_torch_threads(device, cfg.torch_threads)

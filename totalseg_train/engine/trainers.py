@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
+    nnUNetTrainerNoMirroring,
+)
 
 from totalseg_train.engine.planning import SCHEDULE_KEY
 
@@ -26,10 +29,6 @@ class nnUNetTrainerTotalSeg(nnUNetTrainer):
             schedule.get("num_val_iterations_per_epoch", self.num_val_iterations_per_epoch))
 
 
-class nnUNetTrainerTotalSegNoMirroring(nnUNetTrainerTotalSeg):
-    """Without mirroring, in training and at inference: left and right structures are separate classes."""
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.inference_allowed_mirroring_axes = None
-        return rotation, dummy_2d, initial_patch_size, None
+class nnUNetTrainerTotalSegNoMirroring(nnUNetTrainerTotalSeg, nnUNetTrainerNoMirroring):
+    """Without mirroring, in training and at inference (nnU-Net's own variant): left and right
+    structures are separate classes."""
