@@ -1,7 +1,8 @@
 """python -m annotation_loop.ingest corrected_dir=DIR: corrected label maps become final labels.
 
 Every file is validated before anything is stored: its subject must be known and in correction,
-its geometry must equal the subject's image and its ids must be in the class table. A rejected
+its geometry must equal the subject's image and its ids must be in the class table. A file identical
+to its subject's final label is recognised as already stored and skipped (a folder ingested again). A rejected
 file leaves the ledger unchanged and is reported by name; the others go on. Subjects the reviewer
 marked "ok" on the review page become final as predicted, with zero effort.
 """
@@ -34,6 +35,7 @@ class RejectedFile(ValueError):
 class IngestResult:
     accepted: list[str] = field(default_factory=list)
     accepted_as_predicted: list[str] = field(default_factory=list)
+    already_stored: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -66,6 +68,19 @@ def validate_correction(path: Path, image_path: Path, subject_state: str, allow_
     if unknown:
         raise RejectedFile(f"{path}: label ids not in the class table: {unknown}")
     return sitk.Cast(label, sitk.sitkUInt8)
+
+
+def holds_final_label(path: Path, final: Path) -> bool:
+    """True when ``path`` holds exactly the subject's current final label (a folder ingested again)."""
+    if not final.exists():
+        return False
+    try:
+        label = sitk.ReadImage(str(path))
+    except RuntimeError:
+        return False
+    stored = sitk.ReadImage(str(final))
+    return (Geometry.of_image(label).matches(Geometry.of_image(stored))
+            and np.array_equal(sitk.GetArrayViewFromImage(label), sitk.GetArrayViewFromImage(stored)))
 
 
 def _store(ledger: Ledger, store: LabelStore, subject_id: str, label: sitk.Image, source: str) -> None:
@@ -112,6 +127,9 @@ def ingest(cfg: DictConfig) -> IngestResult:
                         subject = ledger.subject(subject_id)
                     except LedgerError:
                         raise RejectedFile(f"{path}: unknown subject {subject_id!r}") from None
+                    if subject.state == REVIEWED and holds_final_label(path, store.current(subject_id)):
+                        result.already_stored.append(subject_id)
+                        continue
                     label = validate_correction(path, images / f"{subject_id}.nii.gz", subject.state,
                                                 bool(cfg.allow_revision))
                     source = "corrected_prediction" if subject.prediction else "manual"
@@ -129,7 +147,8 @@ def ingest(cfg: DictConfig) -> IngestResult:
 def main(cfg: DictConfig) -> None:
     result = ingest(cfg)
     print(f"accepted {len(result.accepted)} corrected label maps, "
-          f"{len(result.accepted_as_predicted)} predictions marked ok on the review page")
+          f"{len(result.accepted_as_predicted)} predictions marked ok on the review page"
+          + (f"; {len(result.already_stored)} files already stored as final" if result.already_stored else ""))
     for path, message in result.rejected:
         print(f"REJECTED {message}", file=sys.stderr)
     if result.rejected:

@@ -61,6 +61,12 @@ def batch_size(cfg: DictConfig, n: int) -> int:
     return (later[0] - n) if later else n
 
 
+def previous_model(rounds: list[dict], number: int, experiment: str) -> str | None:
+    """The model of the latest earlier round of the same experiment (the weights a warm start continues)."""
+    earlier = [r for r in rounds if r["number"] < number and r["model"] and r["experiment"] == experiment]
+    return earlier[-1]["model"] if earlier else None
+
+
 def _round_number(ledger: Ledger, n: int) -> tuple[int, bool]:
     """(round number, already finished) for a round on N reviewed subjects."""
     for r in ledger.rounds():
@@ -107,7 +113,8 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
         ledger.finish_step(number, "select", {"n_train": len(train_ids), "n_batch": len(queue)})
     train_ids = list(pd.read_csv(rdir / "train_subjects.csv", dtype=str).subject_id)
     batch = list(pd.read_csv(rdir / "batch.csv", dtype=str).subject_id)
-    train_cfg = round_model.train_config(cfg, rdir, experiment)
+    init_from = previous_model(ledger.rounds(), number, experiment) if cfg.bootstrap.warm_start else None
+    train_cfg = round_model.train_config(cfg, rdir, experiment, init_from)
 
     if "train" not in done:
         start = time.perf_counter()

@@ -14,8 +14,10 @@ from totalseg_train.engine.inference import predict
 from totalseg_train.engine.pipeline import train_model
 
 
-def train_config(cfg: DictConfig, round_dir: Path, experiment: str) -> DictConfig:
-    """The training config of one round: its own nnU-Net folders, labels and split, no test split."""
+def train_config(cfg: DictConfig, round_dir: Path, experiment: str, init_from: str | None = None) -> DictConfig:
+    """The training config of one round: its own nnU-Net folders, labels and split, no test split, no
+    final validation;
+    ``init_from``: a model folder whose weights start the training."""
     return compose_config("train", [
         f"+experiment={experiment}",
         f"paths.workspace={cfg.paths.workspace}",
@@ -25,6 +27,9 @@ def train_config(cfg: DictConfig, round_dir: Path, experiment: str) -> DictConfi
         f"subjects_csv={cfg.bootstrap.subjects_csv}",
         f"labels_dir={round_dir}/labels",
         "split.holdout_test=false",
+        # The round's real validation is the annotators' correction of its predictions.
+        "model.final_validation=false",
+        *([f"model.init_from={init_from}"] if init_from else []),
         *cfg.bootstrap.train_overrides,
     ])
 

@@ -132,6 +132,10 @@ def test_ingest_accepts_good_files_and_rejects_bad_ones_by_name(small_workspace)
     efforts = pd.DataFrame(ledger.efforts())
     assert set(efforts.subject_id) == {first}
     assert efforts[efforts.class_id == TOTAL].voxels_changed.item() == 32  # drawn from scratch
+    # The same folder ingested again: the stored file is recognised, nothing is added.
+    again = ingest(cfg)
+    assert again.already_stored == [first] and again.accepted == []
+    assert ledger.subject(first).final_version == 1 and len(ledger.efforts()) == len(efforts)
     # A second ingest of a different label for a final subject is refused; the ledger is unchanged.
     other = good.copy()
     other[5, 0, 0] = 1

@@ -61,8 +61,9 @@ def workspace(tmp_path_factory) -> Path:
 
 def train_overrides(ws: Path) -> list[str]:
     # One process, one thread: steady on a CPU shared with other jobs (and no worker start-up to wait for).
+    # Two short epochs: these tests check the mechanics, not what the network learns.
     return ["+experiment=tiny", f"paths.workspace={ws}", f"labels_dir={ws / 'train_labels'}", "workers=1",
-            "data_workers=0", "torch_threads=1"]
+            "data_workers=0", "torch_threads=1", "model.epochs=2", "model.iterations_per_epoch=10"]
 
 
 @pytest.fixture(scope="module")
@@ -111,14 +112,18 @@ def test_the_model_is_planned_and_trained_as_the_tiny_experiment_says(tiny_run):
     assert plans["configurations"]["3d_fullres"]["spacing"] == [6.0, 6.0, 6.0]
     tiny = plans["configurations"]["3d_fullres_tiny"]
     assert tiny["inherits_from"] == "3d_fullres" and tiny["patch_size"] == [32, 32, 32]
-    assert tiny["architecture"]["arch_kwargs"]["features_per_stage"] == [8, 16, 32]
-    assert tiny["training_schedule"] == {"num_epochs": 2, "num_iterations_per_epoch": 10,
-                                         "num_val_iterations_per_epoch": 2}
+    assert tiny["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64]
+    assert tiny["totalseg_training"] == {"num_epochs": 2, "num_iterations_per_epoch": 10,
+                                         "num_val_iterations_per_epoch": 2, "optimizer": "adamw",
+                                         "initial_lr": 0.001, "augmentation": False, "initial_checkpoint": None,
+                                         "final_validation": True}
     fold = tiny_run / "nnunet" / "results" / "Dataset390_tiny" / MODEL / "fold_0"
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["current_epoch"] == 2 and checkpoint["inference_allowed_mirroring_axes"] is None
     assert checkpoint["trainer_name"] == "nnUNetTrainerTotalSegNoMirroring"
     assert len(checkpoint["logging"]["train_losses"]) == 2
+    group = checkpoint["optimizer_state"]["param_groups"][0]  # the experiment's AdamW, not nnU-Net's SGD
+    assert group["amsgrad"] is True and "nesterov" not in group and group["initial_lr"] == 0.001
 
 
 def test_the_run_summary_and_the_test_scores_are_written(tiny_run):
@@ -255,7 +260,7 @@ def test_highres_plans_five_part_datasets_with_their_classes(workspace, monkeypa
         plans = plan.plans()
         assert plans["dataset_name"] == dataset.name
         assert plans["configurations"]["3d_fullres"]["spacing"] == [1.5, 1.5, 1.5]
-        assert plans["configurations"]["3d_fullres_highres"]["training_schedule"]["num_epochs"] == 4000
+        assert plans["configurations"]["3d_fullres_highres"]["totalseg_training"]["num_epochs"] == 4000
         labels = json.loads((plan.preprocessed_dir / "dataset.json").read_text())["labels"]
         assert labels == {"background": 0, **{c.name: i for i, c in enumerate(classes.in_part(dataset.part), 1)}}
         assert not list(plan.preprocessed_dir.glob("TotalSegPlans_3d_fullres"))  # not preprocessed

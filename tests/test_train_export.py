@@ -2,6 +2,7 @@
 merging part predictions, entropy."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from totalseg_train.engine.cohort import load_cohort
 from totalseg_train.engine.datasets import PartDataset, part_datasets, selected_datasets
 from totalseg_train.engine.export import export_dataset
 from totalseg_train.engine.inference import entropy_by_class, merge_part_labels, voxel_entropy
-from totalseg_train.engine.planning import SCHEDULE_KEY, experiment_configuration
+from totalseg_train.engine.planning import TRAINING_KEY, experiment_configuration, training_settings
 from totalseg_train.images import image_from_array
 
 SPACING = (2.0, 2.0, 3.0)
@@ -121,12 +122,17 @@ def test_the_experiment_configuration_inherits_from_3d_fullres_and_merges_the_ne
         "architecture": {"network_class_name": "PlainConvUNet", "arch_kwargs": {"n_stages": 6, "conv_bias": True}}}}}
     tiny = compose_config("train", ["+experiment=tiny"]).model
     entry = experiment_configuration(planned, OmegaConf.to_container(tiny.plan_overrides),
-                                     {"num_epochs": 2, "num_iterations_per_epoch": 10, "num_val_iterations_per_epoch": 2})
+                                     training_settings(tiny, Path("/m/fold_0/checkpoint_final.pth")))
     assert entry["inherits_from"] == "3d_fullres" and entry["patch_size"] == [32, 32, 32]
     assert entry["architecture"]["network_class_name"] == "PlainConvUNet"
     assert entry["architecture"]["arch_kwargs"]["n_stages"] == 3 and entry["architecture"]["arch_kwargs"]["conv_bias"]
-    assert entry["architecture"]["arch_kwargs"]["features_per_stage"] == [8, 16, 32]
-    assert "data_identifier" not in entry and entry[SCHEDULE_KEY]["num_epochs"] == 2
+    assert entry["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64]
+    assert "data_identifier" not in entry
+    assert entry[TRAINING_KEY] == {
+        "num_epochs": tiny.epochs, "num_iterations_per_epoch": tiny.iterations_per_epoch,
+        "num_val_iterations_per_epoch": tiny.val_iterations, "optimizer": "adamw", "initial_lr": 0.001,
+        "augmentation": False, "initial_checkpoint": "/m/fold_0/checkpoint_final.pth",
+        "final_validation": True}
 
 
 def test_merging_part_predictions_maps_local_ids_to_v1_ids():

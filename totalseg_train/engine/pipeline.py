@@ -42,11 +42,23 @@ def make_split(cfg: DictConfig, subject_ids: list[str] | None = None) -> Split:
     return split
 
 
+def initial_checkpoint(cfg: DictConfig, part: str) -> Path | None:
+    """The final checkpoint of the part in ``model.init_from`` (a trained model folder), if set."""
+    if not cfg.model.get("init_from"):
+        return None
+    source = load_model(str(cfg.model.init_from))
+    for p in source.parts:
+        if p.part == part and is_trained(p.folder):
+            return fold_folder(p.folder) / FINAL_CHECKPOINT
+    raise FileNotFoundError(f"model.init_from={cfg.model.init_from}: no trained part model {part!r} to start from")
+
+
 def prepare_part(dataset: PartDataset, split: Split, cfg: DictConfig, preprocess: bool = True) -> Plan:
     """Export the part's train/validation subjects, then plan (and preprocess) its dataset."""
     table = export_dataset(dataset, sorted(split.train + split.val), cfg.images_dir, cfg.labels_dir,
                            nnunet_folders(cfg)["nnUNet_raw"], workers=int(cfg.workers))
-    return plan_and_preprocess(dataset, split, exported_subjects(table), cfg, preprocess=preprocess)
+    return plan_and_preprocess(dataset, split, exported_subjects(table), cfg, preprocess=preprocess,
+                               initial_checkpoint=initial_checkpoint(cfg, dataset.part))
 
 
 def write_model_manifest(cfg: DictConfig) -> Path:

@@ -3,7 +3,7 @@
 nnU-Net's planner runs at the experiment's target spacing under the plans name of the config; the
 experiment's configuration (e.g. ``3d_fullres_tiny``) is then added to that plans file as a configuration
 that ``inherits_from`` nnU-Net's ``3d_fullres`` and overrides what the experiment changes (batch size,
-patch size, network) plus the training schedule our trainers read. Planning and preprocessing are
+patch size, network) plus the training settings our trainers read. Planning and preprocessing are
 skipped when the exported cases and the planning settings are unchanged since the last run.
 """
 
@@ -26,7 +26,7 @@ from totalseg_train.engine.split import Split
 log = logging.getLogger(__name__)
 BASE_CONFIGURATION = "3d_fullres"
 STAMP = "totalseg_stamp.json"
-SCHEDULE_KEY = "training_schedule"  # the schedule our trainers read from a configuration of the plans
+TRAINING_KEY = "totalseg_training"  # how our trainers train a configuration of the plans
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,16 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def schedule_of(model_cfg: DictConfig) -> dict[str, int]:
+def training_settings(model_cfg: DictConfig, initial_checkpoint: Path | None = None) -> dict:
+    """What our trainers read: schedule, optimizer, learning rate, augmentation, initial weights, validation."""
     return {"num_epochs": int(model_cfg.epochs), "num_iterations_per_epoch": int(model_cfg.iterations_per_epoch),
-            "num_val_iterations_per_epoch": int(model_cfg.val_iterations)}
+            "num_val_iterations_per_epoch": int(model_cfg.val_iterations), "optimizer": str(model_cfg.optimizer),
+            "initial_lr": float(model_cfg.initial_lr), "augmentation": bool(model_cfg.augmentation),
+            "initial_checkpoint": str(initial_checkpoint) if initial_checkpoint else None,
+            "final_validation": bool(model_cfg.final_validation)}
 
 
-def experiment_configuration(plans: dict, overrides: dict, schedule: dict) -> dict:
+def experiment_configuration(plans: dict, overrides: dict, training: dict) -> dict:
     """The experiment's configuration entry: inherits from 3d_fullres and overrides what it changes.
 
     nnU-Net resolves ``inherits_from`` one key deep, so a nested override (``architecture``) is written
@@ -73,7 +77,7 @@ def experiment_configuration(plans: dict, overrides: dict, schedule: dict) -> di
     for key, value in overrides.items():
         entry[key] = deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
             else value
-    entry[SCHEDULE_KEY] = schedule
+    entry[TRAINING_KEY] = training
     return entry
 
 
@@ -91,9 +95,10 @@ def _read_stamp(path: Path) -> dict | None:
 
 
 def plan_and_preprocess(dataset: PartDataset, split: Split, cases: list[str], cfg: DictConfig,
-                        preprocess: bool = True) -> Plan:
+                        preprocess: bool = True, initial_checkpoint: Path | None = None) -> Plan:
     """Fingerprint, plan (experiment spacing), add the experiment's configuration, write the split as
-    fold 0, and preprocess that configuration. ``cases``: the exported train and validation subjects."""
+    fold 0, and preprocess that configuration. ``cases``: the exported train and validation subjects;
+    ``initial_checkpoint``: weights that start the part's training."""
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
                                                                       plan_experiment_dataset,
@@ -120,7 +125,8 @@ def plan_and_preprocess(dataset: PartDataset, split: Split, cases: list[str], cf
                                 overwrite_target_spacing=spacing_zyx, overwrite_plans_name=plan.plans_identifier)
     plans = plan.plans()
     overrides = OmegaConf.to_container(cfg.model.plan_overrides, resolve=True) or {}
-    plans["configurations"][plan.configuration] = experiment_configuration(plans, overrides, schedule_of(cfg.model))
+    plans["configurations"][plan.configuration] = experiment_configuration(
+        plans, overrides, training_settings(cfg.model, initial_checkpoint))
     write_text(plan.plans_file, json.dumps(plans, indent=1) + "\n")
     _write_splits(plan, split, cases, folders["nnUNet_raw"])
     if preprocess and not (unchanged and stored and stored["preprocessed"]):

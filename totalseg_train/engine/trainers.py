@@ -1,32 +1,90 @@
 """nnU-Net trainers of the engine. nnU-Net finds them by name through ``nnUNet_extTrainer`` (see nnunet_ext/).
 
-The training schedule (epochs, iterations per epoch) comes from the trained configuration of the plans
-file, where the engine writes it from the config, so one trainer class serves every experiment and a
-model folder records how it was trained.
+How a configuration is trained (epochs, iterations, optimizer, learning rate, augmentation, initial
+weights, final validation) comes from the trained configuration of the plans file, where the engine writes it from the
+config, so one trainer class serves every experiment and a model folder records how it was trained.
 """
 
 from __future__ import annotations
 
 import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
     nnUNetTrainerNoMirroring,
 )
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
 
-from totalseg_train.engine.planning import SCHEDULE_KEY
+from totalseg_train.engine.planning import TRAINING_KEY
+
+OPTIMIZERS = ("sgd", "adamw")
 
 
 class nnUNetTrainerTotalSeg(nnUNetTrainer):
-    """nnU-Net's default trainer with the schedule read from the plans' configuration."""
+    """nnU-Net's default trainer with the training settings read from the plans' configuration."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        schedule = self.configuration_manager.configuration.get(SCHEDULE_KEY, {})
-        self.num_epochs = int(schedule.get("num_epochs", self.num_epochs))
-        self.num_iterations_per_epoch = int(schedule.get("num_iterations_per_epoch", self.num_iterations_per_epoch))
+        settings = self.configuration_manager.configuration.get(TRAINING_KEY, {})
+        self.num_epochs = int(settings.get("num_epochs", self.num_epochs))
+        self.num_iterations_per_epoch = int(settings.get("num_iterations_per_epoch", self.num_iterations_per_epoch))
         self.num_val_iterations_per_epoch = int(
-            schedule.get("num_val_iterations_per_epoch", self.num_val_iterations_per_epoch))
+            settings.get("num_val_iterations_per_epoch", self.num_val_iterations_per_epoch))
+        self.initial_lr = float(settings.get("initial_lr", self.initial_lr))
+        self.optimizer_name = str(settings.get("optimizer", "sgd"))
+        if self.optimizer_name not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer_name!r} is not one of {', '.join(OPTIMIZERS)}")
+        self.augmentation = bool(settings.get("augmentation", True))
+        self.initial_checkpoint = settings.get("initial_checkpoint")
+        self.final_validation = bool(settings.get("final_validation", True))
+
+    def configure_optimizers(self):
+        if self.optimizer_name == "sgd":
+            return super().configure_optimizers()
+        # As nnU-Net's nnUNetTrainerAdam: AdamW (amsgrad) under the same polynomial decay.
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay,
+                                      amsgrad=True)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def get_training_transforms(self, *args, **kwargs):
+        # nnU-Net declares this a staticmethod and calls it on the instance, so the instance's setting can choose.
+        if self.augmentation:
+            return nnUNetTrainer.get_training_transforms(*args, **kwargs)
+        return nnUNetTrainerNoDA.get_training_transforms(*args, **kwargs)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.augmentation:
+            # Without spatial augmentation nothing is cropped: sample patches of the final size.
+            initial_patch_size = tuple(self.configuration_manager.patch_size)
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self.final_validation:
+            super().perform_actual_validation(save_probabilities)
+        else:
+            self.print_to_log_file("final validation skipped (final_validation=false)")
+
+    def initialize(self):
+        fresh = not self.was_initialized
+        super().initialize()
+        # A resumed training loads its own checkpoint after this, so the initial weights only start a new one.
+        if fresh and self.initial_checkpoint:
+            self._load_initial_weights(self.initial_checkpoint)
+
+    def _load_initial_weights(self, checkpoint: str) -> None:
+        """Every weight, segmentation layers included (nnU-Net's pretrained loading re-initialises those:
+        it transfers to a new task; here the task is the same and training continues)."""
+        weights = torch.load(checkpoint, map_location=self.device, weights_only=False)["network_weights"]
+        network = self.network.module if isinstance(self.network, DistributedDataParallel) else self.network
+        if isinstance(network, OptimizedModule):
+            network = network._orig_mod
+        network.load_state_dict(weights)
+        self.print_to_log_file(f"initial weights: {checkpoint}")
 
 
 class nnUNetTrainerTotalSegNoMirroring(nnUNetTrainerTotalSeg, nnUNetTrainerNoMirroring):
