@@ -5,7 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 WORKSPACE ?= $(CURDIR)/workspace/demo
-DEMO_SUBJECTS ?= 12
+DEMO_SUBJECTS ?= 30
+# The demo's phantom grid (6 mm in-plane, 5 mm slices) and bootstrap (tiny rounds at N=5 and N=20, then 5 more).
+DEMO_PHANTOM := pixel_spacing_mm=6.0 'slice_thickness_mm.values=[5.0]' 'slice_thickness_mm.weights=[1.0]'
+DEMO_LOOP := paths.workspace=$(WORKSPACE) bootstrap.experiment=tiny 'bootstrap.schedule=[5,20,25]'
+SIMULATED := $(WORKSPACE)/annotation/incoming/simulated
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .DEFAULT_GOAL := help
@@ -39,14 +43,26 @@ test: setup ## Run the test suite
 phantom: setup ## Generate a phantom cohort: make phantom WORKSPACE=... DEMO_SUBJECTS=...
 	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS)
 
-demo: setup ## Run the pipeline on a small phantom cohort in $(WORKSPACE)
-	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS)
+demo: setup ## The whole pipeline on a phantom cohort in $(WORKSPACE): curation, QA, two bootstrap rounds, training (~15 min)
+	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS) $(DEMO_PHANTOM)
 	$(PY) -m data_prep.curate paths.workspace=$(WORKSPACE)
 	@cat $(WORKSPACE)/reports/characteristics.md
 	$(PY) -m data_prep.phantom.truth_labels paths.workspace=$(WORKSPACE)
 	$(PY) -m annotation_loop.qa labels_dir=$(WORKSPACE)/truth_labels paths.workspace=$(WORKSPACE) render.ct_slice=true
 	@echo "QA grids: $(WORKSPACE)/qa/grids/ ; review page: $(PY) -m annotation_loop.review paths.workspace=$(WORKSPACE)"
-	$(PY) -m totalseg_train +experiment=tiny paths.workspace=$(WORKSPACE) labels_dir=$(WORKSPACE)/truth_labels device=cpu
+	@echo "== annotation bootstrap: 5 drawn from scratch, then rounds at N=5 and N=20 (simulated annotator) =="
+	$(PY) -m annotation_loop.start $(DEMO_LOOP)
+	$(PY) -m annotation_loop.simulate $(DEMO_LOOP) rough=true
+	$(PY) -m annotation_loop.ingest $(DEMO_LOOP) corrected_dir=$(SIMULATED)
+	$(PY) -m annotation_loop.round $(DEMO_LOOP) n_reviewed=5
+	$(PY) -m annotation_loop.simulate $(DEMO_LOOP) rough=true
+	$(PY) -m annotation_loop.ingest $(DEMO_LOOP) corrected_dir=$(SIMULATED)
+	$(PY) -m annotation_loop.round $(DEMO_LOOP) n_reviewed=20
+	$(PY) -m annotation_loop.simulate $(DEMO_LOOP) rough=true
+	$(PY) -m annotation_loop.ingest $(DEMO_LOOP) corrected_dir=$(SIMULATED)
+	@cat $(WORKSPACE)/reports/bootstrap_rounds.md
+	@echo "== the final model, trained on the bootstrap's final labels =="
+	$(PY) -m totalseg_train +experiment=tiny paths.workspace=$(WORKSPACE) device=cpu
 
 bench-phantom: setup ## Time the generation of 30 phantom subjects at 3 mm
 	@d=$$(mktemp -d); $(PY) -m data_prep.phantom paths.workspace=$$d n_subjects=30 workers=2; rm -rf $$d

@@ -14,7 +14,8 @@ def correction_effort(prediction: np.ndarray, correction: np.ndarray) -> list[di
     """Effort per class present in either map, plus a TOTAL row (class_id 0) for the whole subject.
 
     Arrays are indexed [z, y, x]; a slice is an axial slice, as annotators work. Dice is between
-    the prediction and the correction of that class (1.0 when unchanged).
+    the prediction and the correction of that class (1.0 when unchanged); voxels_labelled counts the
+    correction's voxels of the class (all labelled voxels in the TOTAL row), the scale of the change.
     """
     if prediction.shape != correction.shape:
         raise ValueError(f"prediction {prediction.shape} and correction {correction.shape} differ in shape")
@@ -34,7 +35,7 @@ def correction_effort(prediction: np.ndarray, correction: np.ndarray) -> list[di
     for c in np.flatnonzero((in_pred + in_corr)[1:] > 0) + 1:
         dice = 2.0 * both[c] / (in_pred[c] + in_corr[c])
         rows.append({"class_id": int(c), "voxels_changed": int(changed[c]), "slices_touched": int(slices[c]),
-                     "dice": float(dice)})
+                     "voxels_labelled": int(in_corr[c]), "dice": float(dice)})
     rows.append({"class_id": TOTAL, "voxels_changed": int(diff.size), "slices_touched": int(np.unique(z).size),
-                 "dice": None})
+                 "voxels_labelled": int(in_corr[1:].sum()), "dice": None})
     return rows

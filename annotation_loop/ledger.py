@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS efforts (
     class_id INTEGER NOT NULL,
     voxels_changed INTEGER NOT NULL,
     slices_touched INTEGER NOT NULL,
+    voxels_labelled INTEGER NOT NULL,
     dice REAL,
     PRIMARY KEY (subject_id, version, class_id)
 );
@@ -161,7 +162,7 @@ class Ledger:
     def move(self, db: sqlite3.Connection, subject_id: str, to_state: str, *, round: int | None = None,
              model: str | None = None, source: str | None = None, prediction: str | None = None) -> None:
         """Move one subject inside an open transaction (see ``transaction``)."""
-        row = db.execute("SELECT state FROM subjects WHERE subject_id = ?", (subject_id,)).fetchone()
+        row = db.execute("SELECT state, round, model FROM subjects WHERE subject_id = ?", (subject_id,)).fetchone()
         if row is None:
             raise LedgerError(f"unknown subject {subject_id!r}")
         if to_state not in _TRANSITIONS[row["state"]]:
@@ -178,16 +179,19 @@ class Ledger:
         db.execute(f"UPDATE subjects SET {', '.join(sets)} WHERE subject_id = ?", (*values, subject_id))
         db.execute(
             "INSERT INTO events (subject_id, from_state, to_state, round, model, source, at) VALUES (?,?,?,?,?,?,?)",
-            (subject_id, row["state"], to_state, round, model, source, now()),
+            # The event names the round and model the subject is in after the move, so that the history
+            # alone tells which round's prediction was reviewed.
+            (subject_id, row["state"], to_state, round if round is not None else row["round"],
+             model if model is not None else row["model"], source, now()),
         )
 
     def record_effort(self, db: sqlite3.Connection, subject_id: str, version: int, round: int | None, source: str,
                       per_class: list[dict]) -> None:
         db.executemany(
-            "INSERT INTO efforts (subject_id, version, round, source, class_id, voxels_changed, slices_touched, dice)"
-            " VALUES (?,?,?,?,?,?,?,?)",
-            [(subject_id, version, round, source, e["class_id"], e["voxels_changed"], e["slices_touched"], e["dice"])
-             for e in per_class],
+            "INSERT INTO efforts (subject_id, version, round, source, class_id, voxels_changed, slices_touched,"
+            " voxels_labelled, dice) VALUES (?,?,?,?,?,?,?,?,?)",
+            [(subject_id, version, round, source, e["class_id"], e["voxels_changed"], e["slices_touched"],
+              e["voxels_labelled"], e["dice"]) for e in per_class],
         )
 
     def efforts(self) -> list[dict]:

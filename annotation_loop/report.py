@@ -17,7 +17,8 @@ from totalseg_train.atomic import atomic_path, write_table, write_text  # noqa: 
 
 def effort_by_round(efforts: pd.DataFrame, seconds_per_slice: float) -> pd.DataFrame:
     """Median effort per subject and the prediction's Dice, per round (round 0: drawn from scratch)."""
-    columns = ["round", "subjects", "median_voxels_changed", "median_slices_touched", "median_minutes", "mean_dice"]
+    columns = ["round", "subjects", "median_voxels_changed", "median_percent_changed", "median_slices_touched",
+               "median_minutes", "mean_dice"]
     if efforts.empty:
         return pd.DataFrame(columns=columns)
     efforts = efforts.assign(round=efforts["round"].fillna(0).astype(int))
@@ -30,6 +31,8 @@ def effort_by_round(efforts: pd.DataFrame, seconds_per_slice: float) -> pd.DataF
             "round": int(number),
             "subjects": int(group.subject_id.nunique()),
             "median_voxels_changed": float(group.voxels_changed.median()),
+            # Subjects differ in size from round to round; the share of the label map changed compares them.
+            "median_percent_changed": float((100.0 * group.voxels_changed / group.voxels_labelled.clip(lower=1)).median()),
             "median_slices_touched": float(group.slices_touched.median()),
             "median_minutes": float(group.slices_touched.median() * seconds_per_slice / 60.0),
             "mean_dice": float(dice.mean()) if len(dice) else float("nan"),
@@ -45,12 +48,14 @@ def _markdown(table: pd.DataFrame, rounds: list[dict]) -> str:
         "Round 0 are the subjects drawn from scratch; round r are the predictions of the model trained in",
         "round r on N reviewed subjects, measured against the annotators' corrections.",
         "",
-        "| round | trained on N | subjects corrected | median voxels changed | median slices touched | median minutes | Dice of prediction |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| round | trained on N | subjects corrected | median voxels changed | median % of label map changed "
+        "| median slices touched | median minutes | Dice of prediction |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in table.itertuples():
         n = n_by_round.get(r.round, "-") if r.round else "-"
-        lines.append(f"| {r.round} | {n} | {r.subjects} | {r.median_voxels_changed:.0f} | {r.median_slices_touched:.0f} "
+        lines.append(f"| {r.round} | {n} | {r.subjects} | {r.median_voxels_changed:.0f} | {r.median_percent_changed:.1f} "
+                     f"| {r.median_slices_touched:.0f} "
                      f"| {r.median_minutes:.1f} | {r.mean_dice:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -58,10 +63,12 @@ def _markdown(table: pd.DataFrame, rounds: list[dict]) -> str:
 def _plot(table: pd.DataFrame, path: Path) -> None:
     fig, left = plt.subplots(figsize=(6, 3.5), dpi=100)
     x = list(range(len(table)))
-    left.bar(x, table["median_minutes"], color="#4c72b0")
+    bars = left.bar(x, table["median_percent_changed"], color="#4c72b0")
+    left.bar_label(bars, [f"{m:.0f} min" for m in table["median_minutes"]], fontsize=8)
     left.set_xticks(x, [str(r) for r in table["round"]])
     left.set_xlabel("round (0 = drawn from scratch)")
-    left.set_ylabel("median correction minutes / subject")
+    left.set_ylabel("median % of label map changed")
+    left.set_ylim(0, max(110.0, float(table["median_percent_changed"].max()) * 1.1))
     right = left.twinx()
     right.plot(x, table["mean_dice"], color="#dd8452", marker="o")
     right.set_ylabel("Dice of the prediction", color="#dd8452")

@@ -42,6 +42,7 @@ class RoundResult:
     predicted: list[str]
     worklist: Path | None
     skipped_steps: list[str]
+    already_finished: bool = False
 
 
 def next_scheduled(schedule: list[int], rounds: list[dict]) -> int:
@@ -89,8 +90,10 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
     register_curated(ledger, Path(cfg.bootstrap.subjects_csv), int(cfg.bootstrap.seed))
     n = int(cfg.n_reviewed) if cfg.n_reviewed is not None else next_scheduled(list(cfg.bootstrap.schedule), ledger.rounds())
     number, finished = _round_number(ledger, n)
-    if finished:
-        raise RoundError(f"round {number} on N={n} reviewed subjects has already finished")
+    if finished:  # a finished round is not run again: re-running a stage is safe
+        rdir = LabelStore(annotation).round_dir(number)
+        batch = list(pd.read_csv(rdir / "batch.csv", dtype=str).subject_id)
+        return RoundResult(number, n, batch, worklist_path(annotation, number), list(STEPS), already_finished=True)
     reviewed = ledger.reviewed_in_order()
     if len(reviewed) < n and ledger.round(number) is None:
         raise RoundError(f"round on N={n} needs {n} reviewed subjects; {len(reviewed)} are reviewed "
@@ -172,6 +175,10 @@ def main(cfg: DictConfig) -> None:
     except (RoundError, RoundLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    if result.already_finished:
+        print(f"round {result.number} on N={result.n_reviewed} reviewed subjects has finished already; nothing to do "
+              f"(worklist: {result.worklist})")
+        return
     resumed = f" (resumed; steps already done: {', '.join(result.skipped_steps)})" if result.skipped_steps else ""
     print(f"round {result.number}: trained on {result.n_reviewed} reviewed subjects{resumed}")
     print(f"  predicted {len(result.predicted)} subjects; worklist (most work first): {result.worklist}")

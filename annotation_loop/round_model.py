@@ -41,7 +41,7 @@ def train(train_cfg: DictConfig, subject_ids: list[str]) -> str:
 
 def predict_batch(train_cfg: DictConfig, images: list[Path], out_dir: Path, uncertainty_csv: Path) -> pd.DataFrame:
     """Predict the batch with softmax probabilities; write subject_id, entropy (voxel-weighted mean)."""
-    predict(train_cfg, images, out_dir, save_probabilities=True)
+    predict(train_cfg, images, out_dir, uncertainty=True)
     per_class = pd.read_csv(out_dir / "entropy.csv", dtype={"subject_id": str})
     per_class = per_class[per_class.subject_id.isin([p.name.removesuffix(".nii.gz") for p in images])]
     weighted = per_class.assign(w=per_class.mean_entropy * per_class.n_voxels).groupby("subject_id")

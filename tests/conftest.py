@@ -37,6 +37,31 @@ def phantom_index(phantom_cohort) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="session")
+def coarse_cohort():
+    """Factory ``make(workspace, n_subjects)``: a phantom cohort drawn at 6 mm in-plane and 5 mm slices (few voxels:
+    quick to train on and to predict), curated by the real curation stage, its truth labels exported."""
+    import subprocess
+    import sys
+
+    from data_prep.phantom.cohort import generate_cohort
+    from data_prep.phantom.truth_labels import export_truth_labels
+
+    def make(workspace: Path, n_subjects: int) -> Path:
+        cfg = compose_config("phantom", [f"paths.workspace={workspace}", f"n_subjects={n_subjects}", "seed=0",
+                                         "pixel_spacing_mm=6.0", "slice_thickness_mm.values=[5.0]",
+                                         "slice_thickness_mm.weights=[1.0]"])
+        generate_cohort(cfg, progress=False)
+        run = subprocess.run([sys.executable, "-m", "data_prep.curate", f"paths.workspace={workspace}", "progress=false"],
+                             capture_output=True, text=True, cwd=REPO)
+        assert run.returncode == 0, f"curation failed:\n{run.stderr[-4000:]}"
+        export_truth_labels(workspace / "private" / "pseudonym_key.csv", workspace / "raw" / "truth",
+                            workspace / "curated" / "images", workspace / "truth_labels")
+        return workspace
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def curated_workspace(phantom_cohort) -> Path:
     """The phantom cohort curated by ``python -m data_prep.curate`` (a real run, Hydra logs included) and its
     truth labels exported; returns the workspace (raw/, curated/, private/, reports/, truth_labels/, logs/)."""

@@ -24,9 +24,10 @@ def test_effort_counts_voxels_slices_and_dice():
     corr[1:3, 1:3, 1:3] = 5  # corrected to slices 1-2: 4 removed, 4 added
     corr[3, 0, 0] = 1  # spleen added in slice 3
     rows = {r["class_id"]: r for r in correction_effort(pred, corr)}
-    assert rows[5] == {"class_id": 5, "voxels_changed": 8, "slices_touched": 2, "dice": 0.5}
-    assert rows[1] == {"class_id": 1, "voxels_changed": 1, "slices_touched": 1, "dice": 0.0}
+    assert rows[5] == {"class_id": 5, "voxels_changed": 8, "slices_touched": 2, "voxels_labelled": 8, "dice": 0.5}
+    assert rows[1] == {"class_id": 1, "voxels_changed": 1, "slices_touched": 1, "voxels_labelled": 1, "dice": 0.0}
     assert rows[TOTAL]["voxels_changed"] == 9 and rows[TOTAL]["slices_touched"] == 3
+    assert rows[TOTAL]["voxels_labelled"] == 9
     unchanged = {r["class_id"]: r for r in correction_effort(corr, corr)}
     assert unchanged[5]["dice"] == 1.0 and unchanged[TOTAL]["voxels_changed"] == 0
 
@@ -150,4 +151,4 @@ def test_ingest_accepts_good_files_and_rejects_bad_ones_by_name(small_workspace)
     sitk.WriteImage(_image(bad), str(bad_ids_path))
     assert "label ids not in the class table: [200]" in dict(ingest(cfg).rejected)[str(bad_ids_path)]
     report = (ws / "reports" / "bootstrap_rounds.md").read_text()
-    assert "| 0 | - | 1 | 32 | 2 |" in report
+    assert "| 0 | - | 1 | 32 | 100.0 | 2 |" in report  # drawn from scratch: the whole label map is new

@@ -31,23 +31,12 @@ MODEL = "nnUNetTrainerTotalSegNoMirroring__TotalSegPlans__3d_fullres_tiny"
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    """A phantom cohort drawn at 6 mm in-plane and 5 mm slices, curated by the real curation stage, with the
-    phantom's truth as labels. The training labels (``train_labels/``) hold four subjects of three patients:
-    both exams of one two-exam patient and one exam of two others; the 597-slice whole-body scan is left out
-    to keep predictions fast."""
-    from data_prep.phantom.cohort import generate_cohort
-    from data_prep.phantom.truth_labels import export_truth_labels
-
-    ws = tmp_path_factory.mktemp("train_ws")
-    cfg = compose_config("phantom", [f"paths.workspace={ws}", "n_subjects=8", "seed=0", "pixel_spacing_mm=6.0",
-                                     "slice_thickness_mm.values=[5.0]", "slice_thickness_mm.weights=[1.0]"])
-    generate_cohort(cfg, progress=False)
-    run = subprocess.run([sys.executable, "-m", "data_prep.curate", f"paths.workspace={ws}", "progress=false"],
-                         capture_output=True, text=True, cwd=REPO)
-    assert run.returncode == 0, run.stderr[-3000:]
-    export_truth_labels(ws / "private" / "pseudonym_key.csv", ws / "raw" / "truth", ws / "curated" / "images",
-                        ws / "truth_labels")
+def workspace(tmp_path_factory, coarse_cohort) -> Path:
+    """The 8-patient phantom cohort at 6 mm in-plane and 5 mm slices, curated, with the phantom's truth as
+    labels. The training labels (``train_labels/``) hold four subjects of three patients: both exams of one
+    two-exam patient and one exam of two others; the 597-slice whole-body scan is left out to keep
+    predictions fast."""
+    ws = coarse_cohort(tmp_path_factory.mktemp("train_ws"), 8)
     subjects = pd.read_csv(ws / "curated" / "subjects.csv", dtype=str)
     subjects = subjects[subjects.n_slices.astype(int) < 300]
     exams = subjects.groupby("patient").subject_id.apply(sorted)
@@ -109,7 +98,7 @@ def test_test_subjects_never_reach_nnunet_and_the_split_is_fold_0(tiny_run):
 
 def test_the_model_is_planned_and_trained_as_the_tiny_experiment_says(tiny_run):
     plans = json.loads((tiny_run / "nnunet" / "preprocessed" / "Dataset390_tiny" / "TotalSegPlans.json").read_text())
-    assert plans["configurations"]["3d_fullres"]["spacing"] == [6.0, 6.0, 6.0]
+    assert plans["configurations"]["3d_fullres"]["spacing"] == [10.0, 10.0, 10.0]
     tiny = plans["configurations"]["3d_fullres_tiny"]
     assert tiny["inherits_from"] == "3d_fullres" and tiny["patch_size"] == [32, 32, 32]
     assert tiny["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64]
@@ -215,6 +204,16 @@ def test_predict_a_single_nifti_with_probabilities_on_its_own_grid(tiny_run, tmp
     assert dict(zip(entropy.class_id, entropy.n_voxels)) == {i: int(c) for i, c in enumerate(counts) if i and c}
     assert (entropy.mean_entropy >= 0).all() and (entropy.mean_entropy <= np.log(105) + 1e-6).all()
     assert set(entropy.subject_id) <= {"crop1"}
+    # uncertainty=True: the same labels and entropy table from the softmax in memory, no .npz kept.
+    in_memory = tmp_path / "in_memory"
+    predict(tiny_run / "results" / "tiny", image, in_memory, uncertainty=True, device="cpu", workers=1,
+            progress=False, threads=1)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(in_memory / "crop1.nii.gz"))), labels)
+    assert not (in_memory / "probabilities").exists()
+    from_memory = pd.read_csv(in_memory / "entropy.csv")
+    assert list(from_memory.class_id) == list(entropy.class_id)
+    assert list(from_memory.n_voxels) == list(entropy.n_voxels)
+    assert np.allclose(from_memory.mean_entropy, entropy.mean_entropy, atol=1e-5)
 
 
 def test_rerunning_skips_finished_work(tiny_run):

@@ -2,9 +2,9 @@
 
 Every part model predicts with nnU-Net's predictor (no mirroring: left and right are separate classes);
 the part-local labels are mapped to v1 ids and merged into one label map per subject, written when
-complete. With ``save_probabilities`` the parts' softmax outputs (nnU-Net's .npz) are kept under
-``probabilities/<part>/`` and a per-class entropy table (``entropy.csv``) is written for uncertainty
-ranking.
+complete. With ``uncertainty`` a per-class entropy table (``entropy.csv``) is written for uncertainty
+ranking, computed from the softmax in memory; with ``save_probabilities`` the parts' softmax outputs
+(nnU-Net's .npz, 4 bytes per class and voxel) are also kept under ``probabilities/<part>/``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,10 @@ def collect_images(images: list[str | Path] | str | Path) -> list[Path]:
 
 
 def _predict_part(part: PartModel, images: list[Path], work: Path, tile_step_size: float, device: torch.device,
-                  save_probabilities: bool, workers: int, progress: bool) -> None:
+                  save_probabilities: bool, uncertainty: bool, workers: int, progress: bool) -> dict[str, pd.DataFrame]:
+    """nnU-Net's label maps of the part in ``work``; with ``uncertainty`` (and no .npz wanted) also each
+    subject's entropy table, from the softmax in memory: writing and reading nnU-Net's compressed .npz
+    of every class took most of the prediction time."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=False,
@@ -94,15 +97,27 @@ def _predict_part(part: PartModel, images: list[Path], work: Path, tile_step_siz
                                                        checkpoint_name=FINAL_CHECKPOINT)
     inputs, outputs = [[str(p)] for p in images], [str(work / subject_id_of(p)) for p in images]
     work.mkdir(parents=True, exist_ok=True)
+    if uncertainty and not save_probabilities:
+        reader = predictor.plans_manager.image_reader_writer_class()
+        tables = {}
+        for image, output in zip(images, outputs):
+            data, properties = reader.read_images([str(image)])
+            labels, probabilities = predictor.predict_single_npy_array(data, properties, None, None, True)
+            reader.write_seg(labels, output + FILE_ENDING, properties)
+            tables[subject_id_of(image)] = entropy_by_class(probabilities, labels, part.to_global())
+        return tables
     if workers <= 1:  # in this process: no worker start-up, which dominates for a few images
         predictor.predict_from_files_sequential(inputs, outputs, save_probabilities=save_probabilities)
     else:
         predictor.predict_from_files(inputs, outputs, save_probabilities=save_probabilities, overwrite=True,
                                      num_processes_preprocessing=workers, num_processes_segmentation_export=workers)
+    return {}
 
 
-def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path, save_probabilities: bool
-                   ) -> tuple[Path, pd.DataFrame | None]:
+def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path, save_probabilities: bool,
+                   entropy_tables: dict[str, dict[str, pd.DataFrame]]) -> tuple[Path, pd.DataFrame | None]:
+    """Merge the parts' label maps; the entropy tables come from memory (``entropy_tables[part][sid]``) or
+    from the parts' kept .npz."""
     sid = subject_id_of(image)
     loaded = [(sitk.ReadImage(str(image_path(work / p.part, sid))), p) for p in model.parts]
     reference = loaded[0][0]
@@ -115,7 +130,10 @@ def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path, 
     label.CopyInformation(reference)
     target = image_path(out_dir, sid)
     entropy = None
-    if save_probabilities:
+    if all(sid in entropy_tables.get(p.part, {}) for p in model.parts):
+        entropy = pd.concat([entropy_tables[p.part][sid].assign(subject_id=sid, part=p.part) for p in model.parts],
+                            ignore_index=True)
+    elif save_probabilities:
         tables = []
         for im, p in loaded:
             npz = work / p.part / f"{sid}.npz"
@@ -132,14 +150,17 @@ def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path, 
 
 def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Path, out_dir: str | Path,
             save_probabilities: bool = False, device: str | None = None, workers: int | None = None,
-            overwrite: bool = False, progress: bool = True, threads: int | None = None) -> dict[str, Path]:
+            overwrite: bool = False, progress: bool = True, threads: int | None = None,
+            uncertainty: bool = False) -> dict[str, Path]:
     """Predict v1 label maps for the images with a trained model (a config, a model folder or model.json).
 
     Returns subject_id -> label map (``<out_dir>/<subject_id>.nii.gz``, on the image's grid). Subjects
     whose label map exists already are skipped unless ``overwrite``. ``device``: cuda | cpu | mps
     (default: the config's, else cuda when available); ``workers``: nnU-Net's pre/post-processing
     processes (default: the config's, else 2; 0 or 1: all in this process); ``threads``: torch threads (default: the config's
-    torch_threads, else nnU-Net's choice).
+    torch_threads, else nnU-Net's choice). ``uncertainty``: write ``entropy.csv`` (per subject and predicted
+    class: voxels, mean softmax entropy), one subject at a time in memory; ``save_probabilities`` also
+    keeps nnU-Net's .npz softmax files (and computes the table from them).
     """
     trained = load_model(model)
     untrained = trained.untrained_parts()
@@ -155,7 +176,7 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
     remove_stale_temporaries(out_dir)
     done = {subject_id_of(p): image_path(out_dir, subject_id_of(p)) for p in files}
     todo = [p for p in files if overwrite or not done[subject_id_of(p)].is_file()
-            or (save_probabilities and not _has_entropy(out_dir, subject_id_of(p)))]
+            or ((save_probabilities or uncertainty) and not _has_entropy(out_dir, subject_id_of(p)))]
     if not todo:
         return done
     # nnU-Net reads its default process count once, at its first import: match it to ``workers`` if unset.
@@ -164,13 +185,14 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
     set_torch_threads(torch_dev, threads)
     with tempfile.TemporaryDirectory(prefix=f"{TMP_MARK}predict-", dir=out_dir) as tmp:
         work = Path(tmp)
+        tables = {}
         for part in trained.parts:
             log.info("predicting %d image(s) with the %s part model", len(todo), part.part)
-            _predict_part(part, todo, work / part.part, trained.tile_step_size, torch_dev, save_probabilities,
-                          workers, progress)
+            tables[part.part] = _predict_part(part, todo, work / part.part, trained.tile_step_size, torch_dev,
+                                              save_probabilities, uncertainty, workers, progress)
         entropy = []
         for image in todo:
-            _, table = _merge_subject(trained, work, image, out_dir, save_probabilities)
+            _, table = _merge_subject(trained, work, image, out_dir, save_probabilities, tables)
             if table is not None:
                 entropy.append(table)
     if entropy:
