@@ -52,13 +52,13 @@ demo: setup ## The whole pipeline on a phantom cohort in $(WORKSPACE): curation,
 	@echo "QA grids: $(WORKSPACE)/qa/grids/ ; review page: $(PY) -m annotation_loop.review paths.workspace=$(WORKSPACE)"
 	@echo "== annotation bootstrap: 5 drawn from scratch, then rounds at N=5 and N=20 (simulated annotator) =="
 	$(PY) -m annotation_loop.start $(DEMO_LOOP)
-	$(PY) -m annotation_loop.simulate $(DEMO_LOOP) rough=true
+	$(PY) -m annotation_loop.simulate $(DEMO_LOOP)
 	$(PY) -m annotation_loop.ingest $(DEMO_LOOP) corrected_dir=$(SIMULATED)
 	$(PY) -m annotation_loop.round $(DEMO_LOOP) n_reviewed=5
-	$(PY) -m annotation_loop.simulate $(DEMO_LOOP) rough=true
+	$(PY) -m annotation_loop.simulate $(DEMO_LOOP)
 	$(PY) -m annotation_loop.ingest $(DEMO_LOOP) corrected_dir=$(SIMULATED)
 	$(PY) -m annotation_loop.round $(DEMO_LOOP) n_reviewed=20
-	$(PY) -m annotation_loop.simulate $(DEMO_LOOP) rough=true
+	$(PY) -m annotation_loop.simulate $(DEMO_LOOP)
 	$(PY) -m annotation_loop.ingest $(DEMO_LOOP) corrected_dir=$(SIMULATED)
 	@cat $(WORKSPACE)/reports/bootstrap_rounds.md
 	@echo "== the final model, trained on the bootstrap's final labels =="
