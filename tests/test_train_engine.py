@@ -27,7 +27,7 @@ from totalseg_train.engine.pipeline import make_split, prepare_part
 from totalseg_train.images import Geometry
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL = "nnUNetTrainerTotalSegNoMirroring__TotalSegPlans__3d_fullres_tiny"
+MODEL = "nnUNetTrainerTotalSegNoDA__TotalSegPlans__3d_fullres_tiny"
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +104,12 @@ def test_the_model_is_planned_and_trained_as_the_tiny_experiment_says(tiny_run):
     assert tiny["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64]
     assert tiny["totalseg_training"] == {"num_epochs": 2, "num_iterations_per_epoch": 10,
                                          "num_val_iterations_per_epoch": 2, "optimizer": "adamw",
-                                         "initial_lr": 0.001, "augmentation": False, "initial_checkpoint": None,
+                                         "initial_lr": 0.001, "initial_checkpoint": None,
                                          "final_validation": True}
     fold = tiny_run / "nnunet" / "results" / "Dataset390_tiny" / MODEL / "fold_0"
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["current_epoch"] == 2 and checkpoint["inference_allowed_mirroring_axes"] is None
-    assert checkpoint["trainer_name"] == "nnUNetTrainerTotalSegNoMirroring"
+    assert checkpoint["trainer_name"] == "nnUNetTrainerTotalSegNoDA"  # tiny: augmentation=false
     assert len(checkpoint["logging"]["train_losses"]) == 2
     group = checkpoint["optimizer_state"]["param_groups"][0]  # the experiment's AdamW, not nnU-Net's SGD
     assert group["amsgrad"] is True and "nesterov" not in group and group["initial_lr"] == 0.001

@@ -100,7 +100,7 @@ def bench_overhead(bench: DictConfig) -> dict:
             env = {"nnUNet_results": str(direct_root),
                    "nnUNet_n_proc_DA": None if cfg.data_workers is None else str(cfg.data_workers)}
             with scoped_environment(env):
-                run_training(str(dataset.dataset_id), plan.configuration, 0, trainer_name(False),
+                run_training(str(dataset.dataset_id), plan.configuration, 0, trainer_name(cfg.model),
                              plan.plans_identifier, device=device)
         times[way].append(time.perf_counter() - start)
         epochs[way].append(epoch_seconds(checkpoint_logging(folder)))
@@ -134,7 +134,7 @@ def bench_fast(bench: DictConfig) -> dict:
     device = torch_device(str(cfg.device))
     set_torch_threads(device, cfg.torch_threads)
     # The training loop only: nnU-Net's final validation of the full-size network takes long on a CPU.
-    trainer = get_trainer_from_args(str(dataset.dataset_id), plan.configuration, 0, trainer_name(False),
+    trainer = get_trainer_from_args(str(dataset.dataset_id), plan.configuration, 0, trainer_name(cfg.model),
                                     plan.plans_identifier, device=device)
     log.info("fast: %s epochs of %s iterations", trainer.num_epochs, trainer.num_iterations_per_epoch)
     trainer.run_training()

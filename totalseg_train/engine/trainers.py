@@ -1,8 +1,9 @@
 """nnU-Net trainers of the engine. nnU-Net finds them by name through ``nnUNet_extTrainer`` (see nnunet_ext/).
 
-How a configuration is trained (epochs, iterations, optimizer, learning rate, augmentation, initial
-weights, final validation) comes from the trained configuration of the plans file, where the engine writes it from the
-config, so one trainer class serves every experiment and a model folder records how it was trained.
+How a configuration is trained (epochs, iterations, optimizer, learning rate, initial weights, final
+validation) comes from the trained configuration of the plans file, where the engine writes it from the
+config, so these classes serve every experiment and a model folder records how it was trained. Mirroring
+and augmentation choose the class: nnU-Net's own variants switch them off.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ class nnUNetTrainerTotalSeg(nnUNetTrainer):
         self.optimizer_name = str(settings.get("optimizer", "sgd"))
         if self.optimizer_name not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer_name!r} is not one of {', '.join(OPTIMIZERS)}")
-        self.augmentation = bool(settings.get("augmentation", True))
         self.initial_checkpoint = settings.get("initial_checkpoint")
         self.final_validation = bool(settings.get("final_validation", True))
 
@@ -48,20 +48,6 @@ class nnUNetTrainerTotalSeg(nnUNetTrainer):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay,
                                       amsgrad=True)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
-
-    def get_training_transforms(self, *args, **kwargs):
-        # nnU-Net declares this a staticmethod and calls it on the instance, so the instance's setting can choose.
-        if self.augmentation:
-            return nnUNetTrainer.get_training_transforms(*args, **kwargs)
-        return nnUNetTrainerNoDA.get_training_transforms(*args, **kwargs)
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        if not self.augmentation:
-            # Without spatial augmentation nothing is cropped: sample patches of the final size.
-            initial_patch_size = tuple(self.configuration_manager.patch_size)
-        return rotation, dummy_2d, initial_patch_size, mirror_axes
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.final_validation:
@@ -90,3 +76,8 @@ class nnUNetTrainerTotalSeg(nnUNetTrainer):
 class nnUNetTrainerTotalSegNoMirroring(nnUNetTrainerTotalSeg, nnUNetTrainerNoMirroring):
     """Without mirroring, in training and at inference (nnU-Net's own variant): left and right
     structures are separate classes."""
+
+
+class nnUNetTrainerTotalSegNoDA(nnUNetTrainerTotalSeg, nnUNetTrainerNoDA):
+    """Without data augmentation, mirroring included, in training and at inference (nnU-Net's own variant):
+    patches as sampled, for a phantom whose subjects vary little and a model trained in minutes."""

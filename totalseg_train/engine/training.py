@@ -19,14 +19,17 @@ FOLD = 0
 FINAL_CHECKPOINT = "checkpoint_final.pth"
 
 
-def trainer_name(mirroring: bool) -> str:
-    return "nnUNetTrainerTotalSeg" if mirroring else "nnUNetTrainerTotalSegNoMirroring"
+def trainer_name(model_cfg: DictConfig) -> str:
+    """Our trainer for the experiment's ``mirroring`` and ``augmentation`` (no augmentation: no mirroring either)."""
+    if not model_cfg.augmentation:
+        return "nnUNetTrainerTotalSegNoDA"
+    return "nnUNetTrainerTotalSeg" if model_cfg.mirroring else "nnUNetTrainerTotalSegNoMirroring"
 
 
 def model_folder(dataset: PartDataset, cfg: DictConfig) -> Path:
     """nnU-Net's training output folder of a part (holds plans.json, dataset.json and fold_0/)."""
     return (nnunet_folders(cfg)["nnUNet_results"] / dataset.name /
-            f"{trainer_name(bool(cfg.model.mirroring))}__{cfg.model.plans_name}__{cfg.model.configuration}")
+            f"{trainer_name(cfg.model)}__{cfg.model.plans_name}__{cfg.model.configuration}")
 
 
 def fold_folder(folder: Path) -> Path:
@@ -60,7 +63,7 @@ def train_part(plan: Plan, cfg: DictConfig) -> Path:
     log.info("training %s (%s, %s epochs) on %s", plan.dataset.name, plan.configuration, cfg.model.epochs, device)
     with scoped_environment(env):
         run_training(str(plan.dataset.dataset_id), plan.configuration, FOLD,
-                     trainer_class_name=trainer_name(bool(cfg.model.mirroring)),
+                     trainer_class_name=trainer_name(cfg.model),
                      plans_identifier=plan.plans_identifier, num_gpus=int(cfg.num_gpus),
                      continue_training=bool(cfg.resume), device=device)
     if cfg.logger.name == "wandb":
