@@ -32,7 +32,9 @@ SCHEDULE = [5, 20, 25]
 
 
 def loop_overrides(ws: Path) -> list[str]:
-    return [f"paths.workspace={ws}", "bootstrap.experiment=tiny", f"bootstrap.schedule=[{','.join(map(str, SCHEDULE))}]"]
+    # Seeded training in one process repeats exactly, so the rounds' efforts are the same on every run.
+    return [f"paths.workspace={ws}", "bootstrap.experiment=tiny", f"bootstrap.schedule=[{','.join(map(str, SCHEDULE))}]",
+            'bootstrap.train_overrides=["data_workers=0","model.seed=0"]']
 
 
 def cli(module: str, ws: Path, *extra: str) -> str:

@@ -52,7 +52,7 @@ def train_overrides(ws: Path) -> list[str]:
     # One process, one thread: steady on a CPU shared with other jobs (and no worker start-up to wait for).
     # Two short epochs: these tests check the mechanics, not what the network learns.
     return ["+experiment=tiny", f"paths.workspace={ws}", f"labels_dir={ws / 'train_labels'}", "workers=1",
-            "data_workers=0", "torch_threads=1", "model.epochs=2", "model.iterations_per_epoch=10"]
+            "data_workers=0", "torch_threads=1", "model.epochs=2", "model.iterations_per_epoch=10", "model.seed=0"]
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +214,20 @@ def test_predict_a_single_nifti_with_probabilities_on_its_own_grid(tiny_run, tmp
     assert list(from_memory.class_id) == list(entropy.class_id)
     assert list(from_memory.n_voxels) == list(entropy.n_voxels)
     assert np.allclose(from_memory.mean_entropy, entropy.mean_entropy, atol=1e-5)
+
+
+def test_a_seeded_training_repeats_exactly(tiny_run, tmp_path):
+    cfg = compose_config("train", [*train_overrides(tiny_run), f"paths.nnunet={tmp_path}/nnunet",
+                                   f"paths.results={tmp_path}/results", "split.holdout_test=true"])
+    again = train_model(cfg)
+    first = torch.load(tiny_run / "nnunet" / "results" / "Dataset390_tiny" / MODEL / "fold_0" / "checkpoint_final.pth",
+                       map_location="cpu", weights_only=False)
+    second = torch.load(tmp_path / "nnunet" / "results" / "Dataset390_tiny" / MODEL / "fold_0" / "checkpoint_final.pth",
+                        map_location="cpu", weights_only=False)
+    assert again == tmp_path / "results" / "tiny"
+    assert first["logging"]["train_losses"] == second["logging"]["train_losses"]
+    for name, weights in first["network_weights"].items():
+        assert torch.equal(weights, second["network_weights"][name]), name
 
 
 def test_rerunning_skips_finished_work(tiny_run):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -47,6 +49,14 @@ def set_torch_threads(device: torch.device, threads: int | None = None) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators: nnU-Net's weights, patch sampling and augmentation
+    draw from them (augmentation processes seed themselves, so only data_workers=0 repeats exactly)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def train_part(plan: Plan, cfg: DictConfig) -> Path:
     """Train (or, with resume=true, continue) the part model; a finished model is left as it is."""
     from nnunetv2.run.run_training import run_training
@@ -57,6 +67,8 @@ def train_part(plan: Plan, cfg: DictConfig) -> Path:
         return folder
     device = torch_device(str(cfg.device))
     set_torch_threads(device, cfg.torch_threads)
+    if cfg.model.seed is not None:
+        seed_everything(int(cfg.model.seed))
     env = {"nnUNet_n_proc_DA": None if cfg.data_workers is None else str(cfg.data_workers)}
     if cfg.logger.name == "wandb":
         env["WANDB_NAME"] = f"{cfg.model.name}-{plan.dataset.part}"
