@@ -274,8 +274,10 @@ def test_cohort_grids_and_skipping_finished_sheets(flag_cohort, tmp_path):
     assert n_flags[flagged_first].min() >= n_flags.drop(flagged_first).max()  # most flags first
     with Image.open(tmp_path / "grids" / "grid_001.png") as grid:
         assert grid.size == (2 * 560, 360 + 22)
+    half_written = tmp_path / "subjects" / ".tmp-999-err_swap.png"  # what a kill during a write leaves
+    half_written.write_bytes(b"\x89PNG")
     second = render_subjects(flag_cohort, tmp_path, cfg, subjects, progress=False)
-    assert second.rendered == []
+    assert second.rendered == [] and not half_written.exists()
     renders = pd.read_csv(tmp_path / "renders.csv", keep_default_na=False)
     assert sorted(renders.subject_id) == sorted(subjects)
     assert (renders.mesh_seconds > 0).all() and (renders.render_seconds > 0).all()
