@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from annotation_loop.effort import correction_effort
 from annotation_loop.ledger import IN_CORRECTION, REVIEWED, Ledger, LedgerError
-from annotation_loop.label_store import FinalLabelExists, LabelStore
+from annotation_loop.label_store import FinalLabelExists, LabelStore, same_labels
 from annotation_loop.report import write_round_report
 from totalseg_train import classes
 from totalseg_train.images import Geometry
@@ -78,9 +78,7 @@ def holds_final_label(path: Path, final: Path) -> bool:
         label = sitk.ReadImage(str(path))
     except RuntimeError:
         return False
-    stored = sitk.ReadImage(str(final))
-    return (Geometry.of_image(label).matches(Geometry.of_image(stored))
-            and np.array_equal(sitk.GetArrayViewFromImage(label), sitk.GetArrayViewFromImage(stored)))
+    return same_labels(label, sitk.ReadImage(str(final)))
 
 
 def _store(ledger: Ledger, store: LabelStore, subject_id: str, label: sitk.Image, source: str) -> None:

@@ -14,10 +14,17 @@ import numpy as np
 import SimpleITK as sitk
 
 from totalseg_train.atomic import TMP_MARK, atomic_path
+from totalseg_train.images import Geometry
 
 
 class FinalLabelExists(RuntimeError):
     """A final label version already exists with other content; corrections are never overwritten."""
+
+
+def same_labels(a: sitk.Image, b: sitk.Image) -> bool:
+    """The same label map: equal grid and equal ids voxel for voxel."""
+    return (Geometry.of_image(a).matches(Geometry.of_image(b))
+            and np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)))
 
 
 class LabelStore:
@@ -51,8 +58,7 @@ class LabelStore:
         """
         path = self.version(subject_id, version)
         if path.exists():
-            stored = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-            if not np.array_equal(stored, sitk.GetArrayViewFromImage(label)):
+            if not same_labels(sitk.ReadImage(str(path)), label):
                 raise FinalLabelExists(f"{path} exists with other content; final labels are never overwritten")
         else:
             with atomic_path(path) as tmp:
