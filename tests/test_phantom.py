@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from data_prep.phantom import anatomy, ct
 from data_prep.phantom.plan import EXPECTED_EXCLUSION
 from data_prep.phantom.render import body_masks, exam_grid, rasterize
-from data_prep.phantom.shapes import Grid, RigidMotion, rotation
+from data_prep.phantom.shapes import DeformedMotion, Grid, PlateauBump, RigidMotion, rotation
 from totalseg_train import classes
 from totalseg_train.config import compose_config
 
@@ -130,6 +130,14 @@ def test_aorta_bright_with_contrast_and_plain_native(phantom_cohort, phantom_ind
     assert whole.phase == "arterial"
 
 
+def _pair_rigid_motion(native, img_c: sitk.Image) -> RigidMotion:
+    """The rigid part of a native pair series' declared motion: about the scan centre."""
+    t = np.array([native.motion_tx, native.motion_ty, native.motion_tz])
+    r = np.array([native.motion_rx, native.motion_ry, native.motion_rz])
+    center = np.array(img_c.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img_c.GetSize()]))
+    return RigidMotion(rotation(*r), t, center)
+
+
 def test_pair_motion_within_bounds_and_as_declared(phantom_cohort, phantom_index):
     native = series_row(phantom_index, "p0001_e0", "native_pair")
     contrast = series_row(phantom_index, "p0001_e0", "ct")
@@ -139,21 +147,100 @@ def test_pair_motion_within_bounds_and_as_declared(phantom_cohort, phantom_index
     t = np.array([native.motion_tx, native.motion_ty, native.motion_tz])
     r = np.array([native.motion_rx, native.motion_ry, native.motion_rz])
     assert 0 < np.linalg.norm(t) <= 5.0 and 0 < np.linalg.norm(r) <= 3.0
-    # The native series sees the anatomy moved by exactly that motion about the scan centre.
+    # Away from the breathing deformation at the heart, the native series sees the anatomy moved
+    # by exactly the rigid motion about the scan centre.
     img_c, img_n = truth(phantom_cohort, contrast), truth(phantom_cohort, native)
-    arr = sitk.GetArrayFromImage(img_c)
-    center = np.array(img_c.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img_c.GetSize()]))
-    motion = RigidMotion(rotation(*r), t, center)
+    motion = _pair_rigid_motion(native, img_c)
     c_c, c_n = centroids_mm(img_c), centroids_mm(img_n)
-    for name in ("liver", "heart_ventricle_left", "stomach", "kidney_right"):
+    for name in ("kidney_right", "kidney_left", "small_bowel", "sacrum"):
         i = classes.id_of(name)
-        expected = motion.rot @ (c_c[i] - center) + center + t
+        expected = motion.forward_point(c_c[i])
         # Centroids of voxelised shapes: agreement well inside a 3 mm voxel, and the motion
         # itself is larger than that error.
         error = np.linalg.norm(c_n[i] - expected)
         assert error < 0.75, name
         assert np.linalg.norm(c_n[i] - c_c[i]) > 2 * error, name
-    assert arr.shape == sitk.GetArrayFromImage(img_n).shape
+    assert sitk.GetArrayFromImage(img_c).shape == sitk.GetArrayFromImage(img_n).shape
+
+
+HEART_PARTS = ("heart_myocardium", "heart_atrium_left", "heart_atrium_right", "heart_ventricle_left",
+               "heart_ventricle_right")
+
+
+def centroid_mm(image: sitk.Image, names) -> np.ndarray:
+    """Mean position (x, y, z) of the voxels of all the classes ``names``, through the image's geometry."""
+    arr = sitk.GetArrayFromImage(image)
+    idx = np.argwhere(np.isin(arr, [classes.id_of(n) for n in names])).mean(axis=0)[::-1]
+    return np.array(image.TransformContinuousIndexToPhysicalPoint(idx.tolist()))
+
+
+def _recorded_heart(row) -> np.ndarray:
+    return np.array([row.heart_x, row.heart_y, row.heart_z], float)
+
+
+def test_recorded_heart_centre_moves_with_the_anatomy(phantom_cohort, phantom_index):
+    native = series_row(phantom_index, "p0001_e0", "native_pair")
+    contrast = series_row(phantom_index, "p0001_e0", "ct")
+    img_c, img_n = truth(phantom_cohort, contrast), truth(phantom_cohort, native)
+    offset_c = centroid_mm(img_c, HEART_PARTS) - _recorded_heart(contrast)
+    offset_n = centroid_mm(img_n, HEART_PARTS) - _recorded_heart(native)
+    # The voxelised heart sits the same way about the recorded centre in both series (within a voxel),
+    # though the centre itself moved by several mm.
+    assert np.linalg.norm(offset_n - offset_c) < min(img_n.GetSpacing())
+    assert np.linalg.norm(_recorded_heart(native) - _recorded_heart(contrast)) > 2.0
+    # The contrast series shows the undeformed anatomy: its heart centre is the deformation's centre.
+    centre = np.array([native.deformation_cx, native.deformation_cy, native.deformation_cz])
+    assert np.allclose(_recorded_heart(contrast), centre)
+    assert contrast.deformation_dx == contrast.deformation_dy == contrast.deformation_dz == 0.0
+
+
+def test_pair_deformation_moves_the_heart_beyond_the_rigid_motion_but_not_the_pelvis(phantom_cohort, phantom_index):
+    native = series_row(phantom_index, "p0001_e0", "native_pair")
+    contrast = series_row(phantom_index, "p0001_e0", "ct")
+    amplitude = np.array([native.deformation_dx, native.deformation_dy, native.deformation_dz])
+    assert 2.5 <= np.linalg.norm(amplitude) <= 5.0 and native.deformation_sigma_mm == 20.0
+    img_c, img_n = truth(phantom_cohort, contrast), truth(phantom_cohort, native)
+    rigid = _pair_rigid_motion(native, img_c)
+    heart_c = _recorded_heart(contrast)
+    # What the heart did between the scans, less what the rigid motion alone does at its centre.
+    moved = centroid_mm(img_n, HEART_PARTS) - centroid_mm(img_c, HEART_PARTS)
+    beyond_rigid = moved - (rigid.forward_point(heart_c) - heart_c)
+    # The heart moves as a whole by the drawn displacement (rotated with the patient).
+    assert np.linalg.norm(beyond_rigid) >= 1.0
+    assert np.linalg.norm(beyond_rigid - rigid.rot @ amplitude) < 0.5
+    recorded_beyond = _recorded_heart(native) - rigid.forward_point(heart_c)
+    assert np.linalg.norm(recorded_beyond - rigid.rot @ amplitude) < 0.01
+    # The sacrum, about 30 cm from the heart, follows the rigid motion alone.
+    c_c, c_n = centroid_mm(img_c, ["sacrum"]), centroid_mm(img_n, ["sacrum"])
+    assert np.linalg.norm(c_n - rigid.forward_point(c_c)) < 0.75
+
+
+def test_deformed_motion_inverts_exactly_and_refuses_folding():
+    rigid = RigidMotion(rotation(1.0, -2.0, 0.5), np.array([2.0, -1.0, 3.0]), np.array([0.0, 0.0, 1100.0]))
+    heart = np.array([12.0, -32.0, 1232.0])
+    motion = DeformedMotion(rigid, PlateauBump(np.array([0.5, 2.0, -4.5]), heart, 55.0, 20.0))
+    for point in (heart, heart + [50.0, 0.0, -30.0], heart + [0.0, 70.0, 0.0], np.array([0.0, 46.0, 1017.0])):
+        seen = motion.forward_point(point)
+        back = np.array(motion.inverse_points(*seen))
+        assert np.linalg.norm(back - point) < 0.01
+    assert np.linalg.norm(motion.forward_point(heart) - rigid.forward_point(heart)) > 4.5
+    far = np.array([0.0, 46.0, 1017.0])
+    assert np.linalg.norm(motion.forward_point(far) - rigid.forward_point(far)) < 1e-3
+    with pytest.raises(ValueError):
+        PlateauBump(np.array([0.0, 0.0, 30.0]), heart, 55.0, 15.0)
+
+
+def test_deformation_leaves_every_other_draw_of_the_cohort_alone():
+    from data_prep.phantom.plan import draw_cohort
+
+    with_bump = draw_cohort(compose_config("phantom", ["n_subjects=12"]))
+    without = draw_cohort(compose_config("phantom", ["n_subjects=12", "pair_motion.deformation_mm=0"]))
+    assert any(e.motion for e in with_bump)
+    for a, b in zip(with_bump, without, strict=True):
+        if a.motion:
+            assert np.linalg.norm(a.motion.pop("deformation_mm")) > 0
+            assert not any(b.motion.pop("deformation_mm"))
+        assert a == b
 
 
 def test_dicom_geometry_matches_truth_for_every_series(phantom_cohort, phantom_index):

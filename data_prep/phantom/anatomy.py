@@ -183,6 +183,11 @@ def _lungs_and_airways(b: _Builder) -> None:
     b.add("esophagus", b.tube([[0, 26, 1500], [4, 32, 1350], [12, 22, 1200], [24, 4, 1125]], 8))
 
 
+def heart_ellipsoid(items: list[tuple[str, object]]) -> Ellipsoid:
+    """The ellipsoid that every heart part of ``structures(...)`` is cut from; its centre is the heart's."""
+    return dict(items)["heart_atrium_left"].shape
+
+
 def _heart_and_vessels(b: _Builder) -> None:
     heart = b.ellipsoid([12, -32, 1232], [62, 52, 56], rotation(rz_deg=-30, ry_deg=-20))
     c = heart.center

@@ -77,7 +77,9 @@ class ExamPlan:
     hand_side: int
     pathology: str | None
     series: list[SeriesPlan] = field(default_factory=list)
-    motion: dict | None = None  # rigid motion of the native series of a contrast/native pair
+    # Motion of the native series of a contrast/native pair: rigid (translation_mm, rotation_deg) on top
+    # of a breathing displacement of the heart (deformation_mm), fading around it (deformation_sigma_mm).
+    motion: dict | None = None
 
     @property
     def exam_id(self) -> str:
@@ -129,6 +131,17 @@ def draw_cohort(cfg) -> list[ExamPlan]:
             exams.append(_draw_exam(cfg, rng, role, p, e, int(year), patient_id, name, birth, sex, body, consent,
                                     anatomy_seed))
     return exams
+
+
+def breathing_displacement(max_mm: float, seed: int) -> list[float]:
+    """The heart's non-rigid displacement (x, y, z, mm) in a native pair series: between half and all
+    of ``max_mm`` long, mostly cranio-caudal and antero-posterior as in breathing; zeros if ``max_mm`` is 0."""
+    # A generator of its own, derived from the pair series' seed: the cohort's random stream, and
+    # with it every other draw of every exam, stays what it was before deformations existed.
+    rng = np.random.default_rng([seed, 1])
+    direction = rng.normal(0.0, 1.0, 3) * np.array([0.2, 0.5, 1.0])
+    length = rng.uniform(0.5, 1.0) * max_mm
+    return [float(v) for v in direction / np.linalg.norm(direction) * length]
 
 
 def _draw_exam(cfg, rng, role, p, e, year, patient_id, name, birth, sex, body, consent, anatomy_seed) -> ExamPlan:
@@ -190,6 +203,8 @@ def _draw_exam(cfg, rng, role, p, e, year, patient_id, name, birth, sex, body, c
         exam.motion = {
             "translation_mm": [float(v) for v in rng.uniform(-1, 1, 3) * m.max_translation_mm / np.sqrt(3)],
             "rotation_deg": [float(v) for v in rng.uniform(-1, 1, 3) * m.max_rotation_deg / np.sqrt(3)],
+            "deformation_mm": breathing_displacement(float(m.deformation_mm), series[-1].seed),
+            "deformation_sigma_mm": float(m.deformation_sigma_mm),
         }
     series.append(SeriesPlan(number, "ct", phase, "soft", thickness, seed()))
     number += 1

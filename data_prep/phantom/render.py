@@ -10,7 +10,8 @@ import numpy as np
 from data_prep.phantom import anatomy, ct
 from data_prep.phantom.dicom_writer import uid, write_series
 from data_prep.phantom.plan import ELIGIBLE_KINDS, EXPECTED_EXCLUSION, EXTREMITY_EXTENTS, SCANNERS, SITES, ExamPlan
-from data_prep.phantom.shapes import Ellipsoid, Grid, RigidMotion, crop_coordinates, paint, rotation
+from data_prep.phantom.shapes import (DeformedMotion, Ellipsoid, Grid, Motion, PlateauBump, RigidMotion,
+                                      crop_coordinates, paint, rotation)
 from totalseg_train import classes
 from totalseg_train.images import image_from_array, write_image
 
@@ -64,7 +65,7 @@ def exam_grid(exam: ExamPlan, thickness: float, pixel_spacing: float) -> Grid:
     return Grid(origin, (pixel_spacing, pixel_spacing, thickness), (n_z, n_xy, n_xy))
 
 
-def rasterize(structures, grid: Grid, motion: RigidMotion | None, skip: set[str]) -> np.ndarray:
+def rasterize(structures, grid: Grid, motion: Motion | None, skip: set[str]) -> np.ndarray:
     labels = np.zeros(grid.shape, dtype=np.uint8)
     for name, shape in structures:
         if name not in skip:
@@ -72,7 +73,7 @@ def rasterize(structures, grid: Grid, motion: RigidMotion | None, skip: set[str]
     return labels
 
 
-def body_masks(body: anatomy.Body, grid: Grid, motion: RigidMotion | None, chunk: int = 48):
+def body_masks(body: anatomy.Body, grid: Grid, motion: Motion | None, chunk: int = 48):
     """Skin and below-fat outlines on ``grid``, evaluated in slabs to bound memory."""
     skin = np.zeros(grid.shape, dtype=bool)
     inner = np.zeros(grid.shape, dtype=bool)
@@ -96,11 +97,19 @@ def _pathology_mask(exam: ExamPlan, structures, labels: np.ndarray, grid: Grid, 
     return (mask > 0) & (labels == classes.id_of(target))
 
 
-def _motion(exam: ExamPlan, grid: Grid) -> RigidMotion | None:
+def _motion(exam: ExamPlan, grid: Grid, heart: Ellipsoid) -> Motion | None:
+    """The native pair series' motion: rigid about the scan centre, after the breathing displacement of
+    the heart (which moves as a whole: the plateau reaches its largest radius) fading around it."""
     if exam.motion is None:
         return None
     center = np.array([grid.axis(d).mean() for d in range(3)])
-    return RigidMotion(rotation(*exam.motion["rotation_deg"]), np.array(exam.motion["translation_mm"]), center)
+    rigid = RigidMotion(rotation(*exam.motion["rotation_deg"]), np.array(exam.motion["translation_mm"]), center)
+    amplitude = np.array(exam.motion["deformation_mm"])
+    if not amplitude.any():
+        return rigid
+    bump = PlateauBump(amplitude, np.asarray(heart.center, float), float(np.max(heart.radii)),
+                       exam.motion["deformation_sigma_mm"])
+    return DeformedMotion(rigid, bump)
 
 
 def _language(exam: ExamPlan) -> str:
@@ -186,6 +195,7 @@ def render_exam(exam: ExamPlan, cfg, out: Path) -> list[dict]:
     """Write every series of ``exam`` (DICOM and truth) under ``out``; returns one index row per series."""
     rng_anatomy = np.random.default_rng(exam.anatomy_seed)
     structures = anatomy.structures(exam.body, rng_anatomy, float(cfg.jitter_mm), float(cfg.size_jitter))
+    heart = anatomy.heart_ellipsoid(structures)
     skip = {_PATHOLOGY_TARGET[exam.pathology]} if exam.pathology and exam.pathology.startswith("resected") else set()
     study_uid = uid(cfg.seed, exam.exam_id, "study")
     frame_uid = uid(cfg.seed, exam.exam_id, "frame")
@@ -209,7 +219,7 @@ def render_exam(exam: ExamPlan, cfg, out: Path) -> list[dict]:
         if s.kind in ("scout", "mr"):
             pixels, positions, orientation, pix = _projection_or_mr(exam, s.kind, structures, skip, rng)
         else:
-            grid, motion = _series_grid(exam, s, main_grid, spacing)
+            grid, motion = _series_grid(exam, s, main_grid, spacing, heart)
             key = (grid, motion is not None)
             if key not in cache:
                 labels = rasterize(structures, grid, motion, skip)
@@ -239,6 +249,11 @@ def render_exam(exam: ExamPlan, cfg, out: Path) -> list[dict]:
         if s.kind in pair and len(pair) == 2:
             paired = pair["ct" if s.kind == "native_pair" else "native_pair"]
         motion_values = exam.motion if (s.kind == "native_pair" and exam.motion) else None
+        # The breathing bump in the contrast series' frame (before the rigid motion): beyond the rigid
+        # motion, the native series shows the heart moved by rotation @ deformation_d*.
+        deformation = motion_values["deformation_mm"] if motion_values else [0.0, 0.0, 0.0]
+        # The heart centre as this series shows it: the landmark a registration error is measured at.
+        heart_seen = heart.center if motion is None else motion.forward_point(heart.center)
         rows.append({
             "series_uid": series_uid,
             "study_uid": header["StudyInstanceUID"],
@@ -264,6 +279,17 @@ def render_exam(exam: ExamPlan, cfg, out: Path) -> list[dict]:
             "motion_rx": motion_values["rotation_deg"][0] if motion_values else 0.0,
             "motion_ry": motion_values["rotation_deg"][1] if motion_values else 0.0,
             "motion_rz": motion_values["rotation_deg"][2] if motion_values else 0.0,
+            "deformation_dx": deformation[0],
+            "deformation_dy": deformation[1],
+            "deformation_dz": deformation[2],
+            "deformation_radius_mm": float(np.max(heart.radii)) if motion_values else 0.0,
+            "deformation_sigma_mm": motion_values["deformation_sigma_mm"] if motion_values else 0.0,
+            "deformation_cx": heart.center[0] if motion_values else 0.0,
+            "deformation_cy": heart.center[1] if motion_values else 0.0,
+            "deformation_cz": heart.center[2] if motion_values else 0.0,
+            "heart_x": heart_seen[0],
+            "heart_y": heart_seen[1],
+            "heart_z": heart_seen[2],
             "pathology": exam.pathology or "",
             "sex": exam.sex,
             "age": exam.age,
@@ -277,7 +303,7 @@ def render_exam(exam: ExamPlan, cfg, out: Path) -> list[dict]:
     return rows
 
 
-def _series_grid(exam: ExamPlan, s, main_grid: Grid, spacing: float) -> tuple[Grid, RigidMotion | None]:
+def _series_grid(exam: ExamPlan, s, main_grid: Grid, spacing: float, heart: Ellipsoid) -> tuple[Grid, Motion | None]:
     if s.kind == "secondary":
         return exam_grid(exam, s.slice_thickness, spacing), None
     if s.kind == "few_slices":
@@ -286,7 +312,7 @@ def _series_grid(exam: ExamPlan, s, main_grid: Grid, spacing: float) -> tuple[Gr
                     (3, main_grid.shape[1], main_grid.shape[2]))
         return grid, None
     if s.kind == "native_pair":
-        return main_grid, _motion(exam, main_grid)
+        return main_grid, _motion(exam, main_grid, heart)
     return main_grid, None
 
 

@@ -196,8 +196,81 @@ class RigidMotion:
         lx, ly, lz = _local(x - t[0], y - t[1], z - t[2], c, self.rot)
         return lx + c[0], ly + c[1], lz + c[2]
 
+    def forward_point(self, point: np.ndarray) -> np.ndarray:
+        """Where the anatomy point ``point`` (x, y, z) is seen after the motion."""
+        return self.rot @ (np.asarray(point, float) - self.center) + self.center + self.translation
 
-def crop_coordinates(grid: Grid, region: tuple[slice, slice, slice], motion: RigidMotion | None = None):
+
+@dataclass(frozen=True)
+class PlateauBump:
+    """A smooth local displacement field, in mm: u(q) = amplitude * exp(-s^2 / (2 sigma^2)) with
+    s = max(|q - center| - radius, 0). Everything within ``radius`` of the centre moves as one,
+    beyond it the displacement fades as a Gaussian of width ``sigma``.
+
+    Its largest gradient is |amplitude| / sigma * exp(-1/2); below 1, q -> q - u(q) is invertible.
+    """
+
+    amplitude: np.ndarray  # (3,) displacement on the plateau
+    center: np.ndarray
+    radius: float
+    sigma: float
+
+    def __post_init__(self) -> None:
+        if self.max_gradient >= 1.0:
+            raise ValueError(f"displacement gradient {self.max_gradient:.2f} >= 1: the deformation would fold")
+
+    @property
+    def max_gradient(self) -> float:
+        return float(np.linalg.norm(self.amplitude) / self.sigma * np.exp(-0.5))
+
+    def __call__(self, x, y, z):
+        c = self.center
+        r = np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2)
+        weight = np.exp(-np.maximum(r - self.radius, 0.0) ** 2 / (2.0 * self.sigma**2))
+        return self.amplitude[0] * weight, self.amplitude[1] * weight, self.amplitude[2] * weight
+
+
+@dataclass(frozen=True)
+class DeformedMotion:
+    """A local non-rigid deformation followed by a rigid motion.
+
+    The deformed anatomy holds at q what the anatomy holds at q - u(q) (u a ``PlateauBump``);
+    the rigid motion then moves q. Defined backwards because painting asks, for every voxel,
+    which anatomy point it shows; the forward map (for recorded landmarks) is solved iteratively.
+    """
+
+    rigid: RigidMotion
+    bump: PlateauBump
+
+    def apply_bounds(self, low: np.ndarray, high: np.ndarray) -> Bounds:
+        # |u| never exceeds the amplitude: growing by it keeps every deformed shape inside.
+        reach = np.abs(self.bump.amplitude)
+        return self.rigid.apply_bounds(np.asarray(low) - reach, np.asarray(high) + reach)
+
+    def inverse_points(self, x, y, z):
+        """Anatomy coordinates of patient points seen after the deformation and the motion."""
+        qx, qy, qz = self.rigid.inverse_points(x, y, z)
+        ux, uy, uz = self.bump(qx, qy, qz)
+        return qx - ux, qy - uy, qz - uz
+
+    def forward_point(self, point: np.ndarray, tol_mm: float = 1e-6) -> np.ndarray:
+        """Where the anatomy point ``point`` (x, y, z) is seen: solves q - u(q) = point by fixed-point
+        iteration (a contraction, as u's gradient is below 1), then applies the rigid motion."""
+        a = np.asarray(point, float)
+        q = a.copy()
+        for _ in range(200):
+            q_next = a + np.array(self.bump(*q))
+            converged = np.abs(q_next - q).max() < tol_mm
+            q = q_next
+            if converged:
+                return self.rigid.forward_point(q)
+        raise RuntimeError(f"deformation inverse did not converge at {a}")
+
+
+Motion = RigidMotion | DeformedMotion
+
+
+def crop_coordinates(grid: Grid, region: tuple[slice, slice, slice], motion: Motion | None = None):
     """Anatomy-frame coordinates of the voxel centres in ``region`` (broadcastable without motion)."""
     zs, ys, xs = region
     z = grid.axis(2)[zs][:, None, None]
@@ -209,7 +282,7 @@ def crop_coordinates(grid: Grid, region: tuple[slice, slice, slice], motion: Rig
     return motion.inverse_points(x, y, z)
 
 
-def paint(labels: np.ndarray, grid: Grid, shape, value: int, motion: RigidMotion | None = None) -> int:
+def paint(labels: np.ndarray, grid: Grid, shape, value: int, motion: Motion | None = None) -> int:
     """Set ``labels`` to ``value`` inside ``shape``; returns the number of voxels painted."""
     low, high = shape.bounds()
     if motion is not None:
