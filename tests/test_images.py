@@ -1,4 +1,5 @@
-"""The shared NIfTI reader: cut-off and corrupt files are rejected with the file's name, good ones read."""
+"""The shared NIfTI reader: cut-off, corrupt and non-finite files are rejected with the file's name, good ones
+read; the one rule for subject file names."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from totalseg_train.images import ImageFileError, image_from_array, read_image, write_image
+from totalseg_train.images import (Geometry, ImageFileError, image_from_array, nifti_path, read_image,
+                                   subject_id_of, write_image)
 
 
 @pytest.fixture()
@@ -78,3 +80,31 @@ def test_not_nifti_and_missing_files_name_the_file(tmp_path):
         read_image(junk)
     with pytest.raises(ImageFileError, match=r"absent\.nii\.gz: no such file"):
         read_image(tmp_path / "absent.nii.gz")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_voxels_of_a_float_file_are_rejected(tmp_path, value):
+    ct = np.full((4, 5, 6), -1000.0, np.float32)
+    ct[1, 2, 3] = value
+    path = tmp_path / "ct.nii.gz"
+    write_image(image_from_array(ct, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), path)
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[1, 2, 3] == 0  # what SimpleITK alone reads
+    with pytest.raises(ImageFileError, match=r"ct\.nii\.gz: NaN or infinity in 1 of 120 voxels"):
+        read_image(path)
+
+
+def test_the_header_of_a_cut_off_file_is_rejected_too(label_file, tmp_path):
+    path, _ = label_file
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(path.read_bytes()[:5000])
+    assert Geometry.of_file(path).size == (60, 50, 40)
+    with pytest.raises(ImageFileError, match=r"cut\.nii\.gz: cut off"):
+        Geometry.of_file(cut)
+
+
+def test_subject_file_names(tmp_path):
+    assert nifti_path(tmp_path, "s0001") == tmp_path / "s0001.nii.gz"
+    assert subject_id_of(tmp_path / "s0001.nii.gz") == "s0001"
+    for name in ("s0001.nii", "s0001.mha", ".nii.gz"):
+        with pytest.raises(ValueError, match=rf"{name}: expected a <subject_id>\.nii\.gz file"):
+            subject_id_of(tmp_path / name)

@@ -1,8 +1,11 @@
 """Reading and writing NIfTI volumes with SimpleITK: every read checked for a cut-off file, every write atomic.
 
 SimpleITK reads a NIfTI file whose data was cut off (a half-finished copy, a full disk) without an
-error: the missing voxels come back as zeros. Every stage therefore reads images through
-``read_image``, which first compares the data the header promises with what the file holds.
+error: the missing voxels come back as zeros; so do NaN and infinite voxels of a float file. Every
+stage therefore reads images through ``read_image``, which first compares the data the header
+promises with what the file holds and looks for non-finite values in float files.
+
+Every stage names a subject's file ``<subject_id>.nii.gz`` (``nifti_path``, ``subject_id_of``).
 """
 
 from __future__ import annotations
@@ -18,12 +21,26 @@ import SimpleITK as sitk
 
 from totalseg_train.atomic import atomic_path
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NIFTI_SUFFIX = ".nii.gz"  # every subject's image and label file; also nnU-Net's file_ending
+NIFTI_SUFFIXES = (NIFTI_SUFFIX, ".nii")  # files whose completeness is checked on every read
 _CHUNK = 1 << 22
 
 
 class ImageFileError(ValueError):
     """An image file that cannot be used; the message names the file and the problem."""
+
+
+def nifti_path(folder: str | Path, subject_id: str) -> Path:
+    """A subject's file in a folder: ``<folder>/<subject_id>.nii.gz``."""
+    return Path(folder) / f"{subject_id}{NIFTI_SUFFIX}"
+
+
+def subject_id_of(path: str | Path) -> str:
+    """The subject id of a ``<subject_id>.nii.gz`` file; ValueError naming any other file."""
+    name = Path(path).name
+    if not name.endswith(NIFTI_SUFFIX) or name == NIFTI_SUFFIX:
+        raise ValueError(f"{path}: expected a <subject_id>{NIFTI_SUFFIX} file")
+    return name[: -len(NIFTI_SUFFIX)]
 
 
 def _expected_nifti_bytes(path: Path) -> int:
@@ -90,22 +107,46 @@ def check_nifti_complete(path: str | Path, verify_data: bool = False) -> None:
         raise ImageFileError(f"{path}: cut off: holds {held} of the {expected} bytes its header promises")
 
 
-def read_image(path: str | Path, pixel_type: int = sitk.sitkUnknown, verify_data: bool = False) -> sitk.Image:
-    """Read an image with SimpleITK after checking that a NIfTI file is complete.
+def check_nifti_finite(path: str | Path) -> None:
+    """ImageFileError when a float NIfTI file holds NaN or infinity, which SimpleITK reads as 0.
 
-    ImageFileError, naming the file and the problem, for a missing, cut-off or unreadable file.
-    ``verify_data``: also check the gzip CRC (see ``check_nifti_complete``); for files that are about
-    to become permanent, such as an annotator's correction.
+    Integer files cannot hold them and are not read; a float file is read once more with nibabel.
+    """
+    path = Path(path)
+    image = nib.load(str(path))
+    if image.header.get_data_dtype().kind not in "fc":
+        return
+    try:
+        voxels = image.dataobj.get_unscaled()
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        raise ImageFileError(f"{path}: cannot read the voxels ({type(err).__name__}: {err})") from None
+    nonfinite = int(np.count_nonzero(~np.isfinite(voxels)))
+    if nonfinite:
+        raise ImageFileError(f"{path}: NaN or infinity in {nonfinite} of {voxels.size} voxels")
+
+
+def read_image(path: str | Path, pixel_type: int = sitk.sitkUnknown, verify_data: bool = False) -> sitk.Image:
+    """Read an image with SimpleITK after checking that a NIfTI file is complete and, if float, finite.
+
+    ImageFileError, naming the file and the problem, for a missing, cut-off, non-finite or unreadable
+    file. ``verify_data``: also check the gzip CRC (see ``check_nifti_complete``); for files that are
+    about to become permanent, such as an annotator's correction.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageFileError(f"{path}: no such file")
     if path.name.endswith(NIFTI_SUFFIXES):
         check_nifti_complete(path, verify_data)
+        check_nifti_finite(path)
     try:
         return sitk.ReadImage(str(path), pixel_type)
     except RuntimeError as err:
-        raise ImageFileError(f"{path}: cannot read the image ({str(err).strip().splitlines()[-1]})") from None
+        raise ImageFileError(f"{path}: cannot read the image ({_last_line(err)})") from None
+
+
+def _last_line(err: RuntimeError) -> str:
+    """SimpleITK's error text ends with the reason, after lines of source locations."""
+    return str(err).strip().splitlines()[-1]
 
 
 def write_image(image: sitk.Image, path: str | Path) -> None:
@@ -141,10 +182,19 @@ class Geometry:
 
     @classmethod
     def of_file(cls, path: str | Path) -> "Geometry":
-        """Read from the header only, without loading the voxels."""
+        """Read from the header without loading the voxels; ImageFileError for a missing, cut-off or
+        unreadable file (a NIfTI file's completeness costs reading its last 4 bytes)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ImageFileError(f"{path}: no such file")
+        if path.name.endswith(NIFTI_SUFFIXES):
+            check_nifti_complete(path)
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
-        reader.ReadImageInformation()
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as err:
+            raise ImageFileError(f"{path}: cannot read the image header ({_last_line(err)})") from None
         return cls(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
     def matches(self, other: "Geometry", tol: float = 1e-3) -> bool:
