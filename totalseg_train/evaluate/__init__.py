@@ -6,17 +6,15 @@ scores two label arrays. NSD is identical to DeepMind's surface-distance package
 
 from totalseg_train.evaluate.aggregate import BootstrapSettings, group_means, summarise
 from totalseg_train.evaluate.folders import evaluate_folders, list_subjects
-from totalseg_train.evaluate.label_files import LabelFileError, read_label_map, score_files
+from totalseg_train.evaluate.label_files import score_files
 from totalseg_train.evaluate.scores import score_pair
 from totalseg_train.evaluate.surface import surface_dice
 
 __all__ = [
     "BootstrapSettings",
-    "LabelFileError",
     "evaluate_folders",
     "group_means",
     "list_subjects",
-    "read_label_map",
     "score_files",
     "score_pair",
     "summarise",

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from totalseg_train.classes import map_v2_to_v1
 from totalseg_train.config import CONFIG_DIR
-from totalseg_train.evaluate.label_files import read_label_map, score_files
+from totalseg_train.evaluate.label_files import score_files
 from totalseg_train.evaluate.reference import reference_scores
 from totalseg_train.evaluate.scores import N_LABELS
-from totalseg_train.images import write_image
+from totalseg_train.images import Geometry, read_image, write_image
+from totalseg_train.label_maps import read_label_map
 
 CT_EXAMPLE = CONFIG_DIR.parent.parent / "shared" / "data" / "ct_example"
 GT_FILE, PRED_FILE = "example_seg.nii.gz", "example_seg_fast.nii.gz"
@@ -34,9 +34,7 @@ TORSO_SIZE_XYZ = (330, 330, 400)
 
 def example_label_map(path: Path, spacing_mm: float | None = None, size_xyz: tuple[int, int, int] | None = None) -> sitk.Image:
     """A v2 label map of the CT example as v1 ids, resampled (nearest neighbour) and centred in a larger grid."""
-    image = sitk.ReadImage(str(path))
-    v1 = sitk.GetImageFromArray(map_v2_to_v1(sitk.GetArrayFromImage(image)))
-    v1.CopyInformation(image)
+    v1 = read_label_map(path, labels_version="v2").image
     if spacing_mm is None:
         return v1
     old_spacing, old_size = np.array(v1.GetSpacing()), np.array(v1.GetSize())
@@ -66,7 +64,7 @@ def reference_on_files(gt_path: Path, pred_path: Path, tolerance_mm: float) -> d
 
 
 def floor_on_files(gt_path: Path, pred_path: Path) -> np.ndarray:
-    gt_image, pred_image = sitk.ReadImage(str(gt_path)), sitk.ReadImage(str(pred_path))
+    gt_image, pred_image = read_image(gt_path), read_image(pred_path)
     gt, pred = sitk.GetArrayViewFromImage(gt_image), sitk.GetArrayViewFromImage(pred_image)
     return np.bincount((gt.astype(np.intp) * N_LABELS + pred).ravel(), minlength=N_LABELS * N_LABELS)
 
@@ -89,7 +87,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         gt_path, pred_path = write_workload(Path(tmp), args.example_dir)
-        size = sitk.ReadImage(str(gt_path)).GetSize()
+        size = Geometry.of_file(gt_path).size
         print(f"workload: {GT_FILE} vs {PRED_FILE}, 1.5 mm, {size[0]} x {size[1]} x {size[2]} voxels, "
               f"tolerance {args.tolerance_mm} mm")
         t_ref, ref = _best_time(lambda: reference_on_files(gt_path, pred_path, args.tolerance_mm), 1)

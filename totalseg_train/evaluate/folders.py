@@ -22,13 +22,14 @@ from tqdm import tqdm
 
 from totalseg_train.atomic import TMP_MARK, write_table, write_text
 from totalseg_train.evaluate.aggregate import BootstrapSettings, summarise
-from totalseg_train.evaluate.label_files import LabelFileError, score_files
+from totalseg_train.evaluate.label_files import score_files
 from totalseg_train.evaluate.scores import score_pair
 from totalseg_train.evaluate.settings import evaluation_defaults
+from totalseg_train.images import NIFTI_SUFFIX, nifti_path, subject_id_of
+from totalseg_train.label_maps import LabelFileError
 
 log = logging.getLogger(__name__)
 
-LABEL_SUFFIX = ".nii.gz"
 SCORES_FILE = "scores.parquet"
 SUMMARY_FILE = "summary.json"
 
@@ -42,20 +43,16 @@ class SubjectResult:
 
 def list_subjects(folder: str | Path) -> list[str]:
     """Subject ids of the label maps in a folder (``<subject_id>.nii.gz``), sorted."""
-    return sorted(
-        p.name[: -len(LABEL_SUFFIX)]
-        for p in Path(folder).glob(f"*{LABEL_SUFFIX}")
-        if not p.name.startswith(TMP_MARK)
-    )
+    return sorted(subject_id_of(p) for p in Path(folder).glob(f"*{NIFTI_SUFFIX}") if not p.name.startswith(TMP_MARK))
 
 
 def score_subject(subject_id: str, gt_dir: Path, pred_dir: Path, tolerance_mm: float, resample: bool) -> SubjectResult:
     """Score one subject (a worker task); a bad file gives an error result, never an exception."""
-    gt_path = gt_dir / f"{subject_id}{LABEL_SUFFIX}"
+    gt_path = nifti_path(gt_dir, subject_id)
     if not gt_path.exists():
         return SubjectResult(subject_id, None, f"{gt_path}: ground truth missing")
     try:
-        scores = score_files(gt_path, pred_dir / f"{subject_id}{LABEL_SUFFIX}", tolerance_mm, resample)
+        scores = score_files(gt_path, nifti_path(pred_dir, subject_id), tolerance_mm, resample)
     except LabelFileError as err:
         return SubjectResult(subject_id, None, str(err))
     scores.insert(0, "subject_id", subject_id)

@@ -1,52 +1,17 @@
-"""Reading a ground-truth / prediction pair of label files and scoring it (the per-subject I/O)."""
+"""Scoring a ground-truth / prediction pair of label files (the per-subject I/O); both are read under
+the one label-map policy of ``totalseg_train.label_maps``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from totalseg_train.evaluate.scores import invalid_label_ids, score_pair
+from totalseg_train.evaluate.scores import score_pair
 from totalseg_train.images import Geometry
-
-
-class LabelFileError(ValueError):
-    """A label file that cannot be evaluated; the message names the file(s) and the problem."""
-
-
-@dataclass(frozen=True)
-class LabelMap:
-    """A label image and a NumPy view (z, y, x) of its voxels; the view is valid while the image lives."""
-
-    image: sitk.Image
-    array: np.ndarray
-    path: Path
-
-    @property
-    def spacing_zyx(self) -> tuple[float, float, float]:
-        return tuple(float(s) for s in reversed(self.image.GetSpacing()))
-
-
-def read_label_map(path: str | Path) -> LabelMap:
-    """Read a v1 label map; LabelFileError if it is not a 3D map of class ids of the table."""
-    path = Path(path)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise LabelFileError(f"{path}: cannot read the label map ({str(err).strip().splitlines()[-1]})") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise LabelFileError(f"{path}: expected a 3D single-channel label map, got {image.GetDimension()}D "
-                             f"with {image.GetNumberOfComponentsPerPixel()} components")
-    array = sitk.GetArrayViewFromImage(image)
-    bad = invalid_label_ids(array)
-    if bad:
-        shown = ", ".join(str(v) for v in bad[:20]) + (" ..." if len(bad) > 20 else "")
-        raise LabelFileError(f"{path}: label ids outside the class table (0 = background, 1..104 = v1 classes): "
-                             f"{shown}; convert v2 'total' maps with totalseg_train.classes.map_v2_to_v1")
-    return LabelMap(image, array, path)
+from totalseg_train.label_maps import LabelFileError, LabelMap, read_label_map
 
 
 def _describe(geometry: Geometry) -> str:

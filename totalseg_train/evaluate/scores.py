@@ -20,20 +20,9 @@ from scipy import ndimage
 from totalseg_train import classes
 from totalseg_train.evaluate.settings import evaluation_defaults
 from totalseg_train.evaluate.surface import surface_dice
+from totalseg_train.label_maps import invalid_label_ids
 
 N_LABELS = classes.num_classes() + 1  # background + the class ids
-
-
-def invalid_label_ids(labels: np.ndarray) -> list[int | float]:
-    """Values of a label map that are not background or a class id of the table."""
-    if labels.size == 0:
-        return []
-    if not np.issubdtype(labels.dtype, np.integer):
-        bad = labels[(labels != np.rint(labels)) | (labels < 0) | (labels >= N_LABELS)]
-        return sorted({float(v) for v in np.unique(bad)})
-    if int(labels.min()) >= 0 and int(labels.max()) < N_LABELS:
-        return []
-    return [int(v) for v in np.unique(labels[(labels < 0) | (labels >= N_LABELS)])]
 
 
 def _foreground_box(gt: np.ndarray, pred: np.ndarray) -> tuple[slice, ...] | None:
