@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from totalseg_train.engine.datasets import FILE_ENDING
+from totalseg_train.images import nifti_path
 
 log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("subject_id", "patient")
@@ -28,17 +28,6 @@ def read_subjects(subjects_csv: str | Path) -> pd.DataFrame:
     return table
 
 
-def image_path(folder: str | Path, subject_id: str) -> Path:
-    return Path(folder) / f"{subject_id}{FILE_ENDING}"
-
-
-def subject_id_of(path: Path) -> str:
-    name = Path(path).name
-    if not name.endswith(FILE_ENDING):
-        raise ValueError(f"{path}: expected a {FILE_ENDING} file")
-    return name[: -len(FILE_ENDING)]
-
-
 def load_cohort(subjects_csv: str | Path, images_dir: str | Path, labels_dir: str | Path,
                 subject_ids: list[str] | None = None) -> dict[str, str]:
     """subject_id -> patient for the subjects to train on: the given ones, or every subject with a label.
@@ -48,7 +37,7 @@ def load_cohort(subjects_csv: str | Path, images_dir: str | Path, labels_dir: st
     table = read_subjects(subjects_csv)
     patient_of = dict(zip(table.subject_id, table.patient))
     if subject_ids is None:
-        chosen = [s for s in table.subject_id if image_path(labels_dir, s).is_file()]
+        chosen = [s for s in table.subject_id if nifti_path(labels_dir, s).is_file()]
         unlabeled = len(table) - len(chosen)
         if unlabeled:
             log.info("%d of %d subjects have no label in %s and are not used", unlabeled, len(table), labels_dir)
@@ -56,16 +45,16 @@ def load_cohort(subjects_csv: str | Path, images_dir: str | Path, labels_dir: st
         unknown = sorted(set(subject_ids) - set(patient_of))
         if unknown:
             raise KeyError(f"subjects not in {subjects_csv}: {', '.join(unknown)}")
-        no_label = sorted(s for s in subject_ids if not image_path(labels_dir, s).is_file())
+        no_label = sorted(s for s in subject_ids if not nifti_path(labels_dir, s).is_file())
         if no_label:
             raise FileNotFoundError(f"no label in {labels_dir} for: {', '.join(no_label)}")
         chosen = list(dict.fromkeys(subject_ids))
     cohort = {}
     for sid in chosen:
-        if image_path(images_dir, sid).is_file():
+        if nifti_path(images_dir, sid).is_file():
             cohort[sid] = patient_of[sid]
         else:
-            log.error("%s: image missing; subject %s is left out", image_path(images_dir, sid), sid)
+            log.error("%s: image missing; subject %s is left out", nifti_path(images_dir, sid), sid)
     if not cohort:
         raise ValueError(f"no subject of {subjects_csv} has both an image in {images_dir} and a label in {labels_dir}")
     return cohort

@@ -8,9 +8,9 @@ import numpy as np
 from omegaconf import DictConfig
 
 from totalseg_train import classes
+from totalseg_train.images import NIFTI_SUFFIX
 
 ALL = "all"  # the part name of a single model over all 104 classes
-FILE_ENDING = ".nii.gz"
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class PartDataset:
             "channel_names": {"0": "CT"},  # CT: nnU-Net's global HU percentile normalisation
             "labels": labels,
             "numTraining": num_training,
-            "file_ending": FILE_ENDING,
+            "file_ending": NIFTI_SUFFIX,
             "name": self.name,
             "description": f"TotalSegmentator {self.experiment} model, part {self.part}",
             "v1_class_ids": self.global_ids(),

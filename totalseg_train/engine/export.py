@@ -1,10 +1,11 @@
 """Export curated images and their labels to nnU-Net's raw format (imagesTr, labelsTr, dataset.json).
 
 Only the subjects given (train and validation) are exported: test subjects never reach planning,
-preprocessing or training. Labels are checked against their image (same grid, ids in the class table)
-and renumbered to the part model's local ids. A subject that fails is reported with the file and the
-problem and left out; the rest of the cohort goes on. Re-running skips subjects whose exported files
-are newer than their sources and removes files of subjects no longer in the dataset.
+preprocessing or training. Labels are read under the one label-map policy (``totalseg_train.label_maps``),
+checked against their image (same grid; a cut-off image is an error too) and renumbered to the part
+model's local ids. A subject that fails is reported with the file and the problem and left out; the
+rest of the cohort goes on. Re-running skips subjects whose exported files are newer than their
+sources and removes files of subjects no longer in the dataset.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from totalseg_train import classes
 from totalseg_train.atomic import atomic_path, remove_stale_temporaries, write_table, write_text
-from totalseg_train.engine.cohort import image_path
-from totalseg_train.engine.datasets import FILE_ENDING, PartDataset
-from totalseg_train.images import Geometry, write_image
+from totalseg_train.engine.datasets import PartDataset
+from totalseg_train.images import NIFTI_SUFFIX, Geometry, ImageFileError, nifti_path, subject_id_of, write_image
+from totalseg_train.label_maps import read_label_map
 
 log = logging.getLogger(__name__)
 CHANNEL = "_0000"  # nnU-Net's channel suffix of the single CT channel
@@ -40,12 +40,6 @@ class ExportJob:
     out_image: Path
     out_label: Path
     to_local: np.ndarray
-
-
-def check_label_ids(labels: np.ndarray) -> list[int]:
-    """Label ids outside the class table (0..104), sorted."""
-    ids = np.unique(labels)
-    return [int(i) for i in ids if i < 0 or i > classes.num_classes()]
 
 
 def _up_to_date(target: Path, *sources: Path) -> bool:
@@ -65,21 +59,16 @@ def export_subject(job: ExportJob) -> tuple[str, str, str]:
     if _up_to_date(job.out_image, job.image) and _up_to_date(job.out_label, job.label, job.image):
         return job.subject_id, "skipped", ""
     try:
-        image_geometry, label_geometry = Geometry.of_file(job.image), Geometry.of_file(job.label)
-    except RuntimeError as exc:
-        return job.subject_id, "error", f"unreadable NIfTI ({str(exc).strip().splitlines()[-1]})"
+        image_geometry = Geometry.of_file(job.image)  # the image is linked, not read: its header and length
+        label = read_label_map(job.label)
+    except ImageFileError as err:
+        return job.subject_id, "error", str(err)
+    label_geometry = Geometry.of_image(label.image)
     if not image_geometry.matches(label_geometry):
         return job.subject_id, "error", (f"{job.label}: label grid ({label_geometry.describe()}) differs from "
                                          f"the image {job.image} ({image_geometry.describe()})")
-    label = sitk.ReadImage(str(job.label))
-    array = sitk.GetArrayViewFromImage(label)
-    if not np.issubdtype(array.dtype, np.integer):
-        return job.subject_id, "error", f"{job.label}: labels must be integers, not {array.dtype}"
-    bad = check_label_ids(array)
-    if bad:
-        return job.subject_id, "error", f"{job.label}: label ids {bad} are not in the class table (0..104)"
-    local = sitk.GetImageFromArray(job.to_local[array.astype(np.int64)])
-    local.CopyInformation(label)
+    local = sitk.GetImageFromArray(job.to_local[label.array])
+    local.CopyInformation(label.image)
     _link_or_copy(job.image, job.out_image)
     write_image(local, job.out_label)
     return job.subject_id, "exported", ""
@@ -90,8 +79,8 @@ def raw_dataset_dir(raw_root: str | Path, dataset: PartDataset) -> Path:
 
 
 def _remove_other_subjects(folder: Path, keep: set[str], suffix: str) -> None:
-    for path in folder.glob(f"*{FILE_ENDING}"):
-        if path.name[: -len(FILE_ENDING)].removesuffix(suffix) not in keep:
+    for path in folder.glob(f"*{NIFTI_SUFFIX}"):
+        if subject_id_of(path).removesuffix(suffix) not in keep:
             path.unlink()
 
 
@@ -107,8 +96,8 @@ def export_dataset(dataset: PartDataset, subject_ids: list[str], images_dir: str
     _remove_other_subjects(images_tr, keep, CHANNEL)
     _remove_other_subjects(labels_tr, keep, "")
     to_local = dataset.to_local()
-    jobs = [ExportJob(sid, image_path(images_dir, sid), image_path(labels_dir, sid),
-                      images_tr / f"{sid}{CHANNEL}{FILE_ENDING}", image_path(labels_tr, sid), to_local)
+    jobs = [ExportJob(sid, nifti_path(images_dir, sid), nifti_path(labels_dir, sid),
+                      nifti_path(images_tr, f"{sid}{CHANNEL}"), nifti_path(labels_tr, sid), to_local)
             for sid in sorted(subject_ids)]
     bar = dict(total=len(jobs), desc=f"export {dataset.name}", unit="subject", disable=not progress)
     if workers > 1 and len(jobs) > 1:
@@ -119,7 +108,7 @@ def export_dataset(dataset: PartDataset, subject_ids: list[str], images_dir: str
     table = pd.DataFrame(rows, columns=["subject_id", "status", "message"])
     for row in table[table.status == "error"].itertuples():
         log.error("subject %s left out of %s: %s", row.subject_id, dataset.name, row.message)
-        for path in (images_tr / f"{row.subject_id}{CHANNEL}{FILE_ENDING}", image_path(labels_tr, row.subject_id)):
+        for path in (nifti_path(images_tr, f"{row.subject_id}{CHANNEL}"), nifti_path(labels_tr, row.subject_id)):
             path.unlink(missing_ok=True)
     exported = int((table.status != "error").sum())
     if exported == 0:

@@ -22,12 +22,11 @@ from omegaconf import DictConfig
 
 from totalseg_train import classes
 from totalseg_train.atomic import TMP_MARK, remove_stale_temporaries, write_table
-from totalseg_train.engine.cohort import image_path, subject_id_of
-from totalseg_train.engine.datasets import FILE_ENDING
 from totalseg_train.engine.environment import TRAINER_DIR, scoped_environment, torch_device
 from totalseg_train.engine.model import PartModel, TrainedModel, load_model
 from totalseg_train.engine.training import FINAL_CHECKPOINT, FOLD, set_torch_threads
-from totalseg_train.images import Geometry, write_image
+from totalseg_train.images import (NIFTI_SUFFIX, Geometry, check_nifti_complete, nifti_path, read_image,
+                                   subject_id_of, write_image)
 
 log = logging.getLogger(__name__)
 ENTROPY_TABLE = "entropy.csv"
@@ -63,15 +62,17 @@ def entropy_by_class(probabilities: np.ndarray, labels: np.ndarray, to_global: n
 
 
 def collect_images(images: list[str | Path] | str | Path) -> list[Path]:
-    """A NIfTI file, a folder of them, or a list of files."""
+    """A NIfTI file, a folder of them, or a list of files; ImageFileError naming a cut-off image (nnU-Net
+    reads it with SimpleITK, which would predict on zeros)."""
     if isinstance(images, (str, Path)):
         path = Path(images)
         if path.is_dir():
-            files = sorted(path.glob(f"*{FILE_ENDING}"))
+            files = sorted(path.glob(f"*{NIFTI_SUFFIX}"))
             if not files:
-                raise FileNotFoundError(f"{path}: no {FILE_ENDING} images to predict")
-            return files
-        images = [path]
+                raise FileNotFoundError(f"{path}: no {NIFTI_SUFFIX} images to predict")
+            images = files
+        else:
+            images = [path]
     files = [Path(p) for p in images]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
@@ -79,6 +80,8 @@ def collect_images(images: list[str | Path] | str | Path) -> list[Path]:
     ids = [subject_id_of(p) for p in files]
     if len(set(ids)) != len(ids):
         raise ValueError("two images share a subject id (file name)")
+    for file in files:
+        check_nifti_complete(file)
     return files
 
 
@@ -103,7 +106,7 @@ def _predict_part(part: PartModel, images: list[Path], work: Path, tile_step_siz
         for image, output in zip(images, outputs):
             data, properties = reader.read_images([str(image)])
             labels, probabilities = predictor.predict_single_npy_array(data, properties, None, None, True)
-            reader.write_seg(labels, output + FILE_ENDING, properties)
+            reader.write_seg(labels, output + NIFTI_SUFFIX, properties)
             tables[subject_id_of(image)] = entropy_by_class(probabilities, labels, part.to_global())
         return tables
     if workers <= 1:  # in this process: no worker start-up, which dominates for a few images
@@ -119,7 +122,7 @@ def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path, 
     """Merge the parts' label maps; the entropy tables come from memory (``entropy_tables[part][sid]``) or
     from the parts' kept .npz."""
     sid = subject_id_of(image)
-    loaded = [(sitk.ReadImage(str(image_path(work / p.part, sid))), p) for p in model.parts]
+    loaded = [(read_image(nifti_path(work / p.part, sid)), p) for p in model.parts]
     reference = loaded[0][0]
     expected = Geometry.of_file(image)
     if not Geometry.of_image(reference).matches(expected):
@@ -128,7 +131,7 @@ def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path, 
     merged = merge_part_labels([(sitk.GetArrayFromImage(im), p.to_global()) for im, p in loaded])
     label = sitk.GetImageFromArray(merged)
     label.CopyInformation(reference)
-    target = image_path(out_dir, sid)
+    target = nifti_path(out_dir, sid)
     entropy = None
     if all(sid in entropy_tables.get(p.part, {}) for p in model.parts):
         entropy = pd.concat([entropy_tables[p.part][sid].assign(subject_id=sid, part=p.part) for p in model.parts],
@@ -174,7 +177,7 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    done = {subject_id_of(p): image_path(out_dir, subject_id_of(p)) for p in files}
+    done = {subject_id_of(p): nifti_path(out_dir, subject_id_of(p)) for p in files}
     todo = [p for p in files if overwrite or not done[subject_id_of(p)].is_file()
             or ((save_probabilities or uncertainty) and not _has_entropy(out_dir, subject_id_of(p)))]
     if not todo:

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from totalseg_train.atomic import write_text
-from totalseg_train.engine.cohort import image_path, load_cohort
+from totalseg_train.engine.cohort import load_cohort
 from totalseg_train.engine.datasets import PartDataset, part_datasets, selected_datasets
 from totalseg_train.engine.environment import configure_nnunet, nnunet_folders
 from totalseg_train.engine.export import export_dataset, exported_subjects
@@ -28,6 +28,7 @@ from totalseg_train.engine.planning import Plan, plan_and_preprocess
 from totalseg_train.engine.split import Split, SplitSettings, load_or_create_split
 from totalseg_train.engine.training import FINAL_CHECKPOINT, fold_folder, is_trained, model_folder, train_part
 from totalseg_train.engine.wandb_log import add_to_nnunet_run
+from totalseg_train.images import NIFTI_SUFFIX, nifti_path
 
 log = logging.getLogger(__name__)
 SUMMARY = "run_summary.json"
@@ -109,7 +110,7 @@ def training_record(folder: Path) -> dict:
 
 def predictions_outdated(predictions: Path, trained: TrainedModel) -> bool:
     """True when a label map in ``predictions`` is older than a part model (retrained or resumed since)."""
-    files = list(predictions.glob("*.nii.gz")) if predictions.is_dir() else []
+    files = list(predictions.glob(f"*{NIFTI_SUFFIX}")) if predictions.is_dir() else []
     if not files:
         return False
     newest_model = max((fold_folder(p.folder) / FINAL_CHECKPOINT).stat().st_mtime_ns for p in trained.parts)
@@ -173,7 +174,7 @@ def run(cfg: DictConfig) -> dict:
         log.info("parts %s are not trained yet: the test split is predicted once every part is", waiting)
     elif split.test:
         predictions = results / PREDICTIONS
-        predict(cfg, [image_path(cfg.images_dir, s) for s in split.test], predictions,
+        predict(cfg, [nifti_path(cfg.images_dir, s) for s in split.test], predictions,
                 overwrite=predictions_outdated(predictions, trained))
         summary["predictions"] = {"dir": str(predictions), "n": len(split.test)}
         summary["evaluation"] = evaluate_test_split(cfg, predictions, results, list(split.test))

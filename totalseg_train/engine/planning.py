@@ -22,6 +22,7 @@ from totalseg_train.engine.datasets import PartDataset
 from totalseg_train.engine.environment import nnunet_folders
 from totalseg_train.engine.export import CHANNEL, raw_dataset_dir
 from totalseg_train.engine.split import Split
+from totalseg_train.images import nifti_path
 
 log = logging.getLogger(__name__)
 BASE_CONFIGURATION = "3d_fullres"
@@ -83,8 +84,8 @@ def experiment_configuration(plans: dict, overrides: dict, training: dict) -> di
 
 def _stamp(dataset: PartDataset, cfg: DictConfig, cases: list[str], preprocessed: bool) -> dict:
     raw = raw_dataset_dir(nnunet_folders(cfg)["nnUNet_raw"], dataset)
-    files = {sid: [(raw / "imagesTr" / f"{sid}{CHANNEL}.nii.gz").stat().st_mtime_ns,
-                   (raw / "labelsTr" / f"{sid}.nii.gz").stat().st_mtime_ns] for sid in sorted(cases)}
+    files = {sid: [nifti_path(raw / "imagesTr", f"{sid}{CHANNEL}").stat().st_mtime_ns,
+                   nifti_path(raw / "labelsTr", sid).stat().st_mtime_ns] for sid in sorted(cases)}
     return {"cases": files, "spacing_mm": [float(s) for s in cfg.model.spacing_mm],
             "gpu_memory_gb": float(cfg.model.gpu_memory_gb), "plans_name": str(cfg.model.plans_name),
             "preprocessed": preprocessed}
