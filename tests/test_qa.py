@@ -21,10 +21,10 @@ from annotation_loop.qa.label_stats import measure
 from annotation_loop.qa.meshing import VoxelGrid, mesh_classes
 from annotation_loop.qa.render_cohort import class_colours, style_from_config, views_from_config
 from annotation_loop.qa.renderer import SheetRenderer
-from annotation_loop.qa.subjects import read_label_map
 from totalseg_train import classes
 from totalseg_train.config import compose_config
 from totalseg_train.images import image_from_array
+from totalseg_train.label_maps import read_label_map
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,7 +101,7 @@ def test_flags_table_has_one_row_per_readable_subject(flags, flag_cohort):
     assert len(written) == len(readable)
     errors = pd.read_csv(out / "errors.csv")
     assert errors.subject_id.tolist() == ["err_broken"]
-    assert "err_broken.nii.gz" in errors.error[0] and "cannot read" in errors.error[0]
+    assert "err_broken.nii.gz" in errors.error[0] and "not a readable NIfTI header" in errors.error[0]
 
 
 def test_deliberate_left_right_swap_is_flagged(flags):
@@ -229,7 +229,7 @@ def test_anterior_view_shows_the_patients_right_on_the_left(phantom_cohort, phan
 
 def _check_liver_left_of_spleen(label_map, cfg):
     groups = groups_from_config(cfg.render.groups)
-    meshes = mesh_classes(label_map.labels, label_map.grid, 3.0, 0.7)
+    meshes = mesh_classes(label_map.array, VoxelGrid.of_image(label_map.image), 3.0, 0.7)
     renderer = _renderer(cfg)
     frame, panels = renderer.render([[m for m in meshes if m.class_id in g.class_ids] for g in groups], class_colours())
     renderer.close()
@@ -256,7 +256,7 @@ def test_real_v2_label_map_renders(shared_dir, tmp_path):
     grids = sorted((tmp_path / "qa" / "grids").glob("grid_*.png"))
     assert [g.name for g in grids] == ["grid_001.png"]
     # The file is stored RAS (direction -1, -1, 1): the liver must still be on the left of the anterior view.
-    _check_liver_left_of_spleen(read_label_map(labels_dir / "example.nii.gz", "v2"), cfg)
+    _check_liver_left_of_spleen(read_label_map(labels_dir / "example.nii.gz", labels_version="v2"), cfg)
     assert compute_flags(labels_dir, None, cfg, progress=False).n_flags.tolist() == [0]
 
 
@@ -306,8 +306,8 @@ def test_a_mirrored_grid_renders_like_the_original(flag_cohort):
     """The same anatomy stored with rows running the other way (direction y = -1) must look the same,
     lit from the front: a mirrored grid turns marching-cubes triangles inside out."""
     label_map = read_label_map(flag_cohort / "err_swap.nii.gz")
-    grid = label_map.grid
-    ny = label_map.labels.shape[1]
+    grid = VoxelGrid.of_image(label_map.image)
+    ny = label_map.array.shape[1]
     origin = np.array(grid.origin_xyz) + np.reshape(grid.direction, (3, 3))[:, 1] * (ny - 1) * grid.spacing_xyz[1]
     mirrored_direction = np.reshape(grid.direction, (3, 3)) * np.array([1, -1, 1])
     mirrored = VoxelGrid(grid.spacing_xyz, tuple(origin), tuple(mirrored_direction.ravel()))
@@ -315,7 +315,7 @@ def test_a_mirrored_grid_renders_like_the_original(flag_cohort):
     groups = groups_from_config(cfg.render.groups)
     renderer = _renderer(cfg)
     frames = []
-    for labels, voxel_grid in ((label_map.labels, grid), (label_map.labels[:, ::-1, :].copy(), mirrored)):
+    for labels, voxel_grid in ((label_map.array, grid), (label_map.array[:, ::-1, :].copy(), mirrored)):
         meshes = mesh_classes(labels, voxel_grid, 3.0, 0.7)
         frame, _ = renderer.render([[m for m in meshes if m.class_id in g.class_ids] for g in groups], class_colours())
         frames.append(frame.astype(int))

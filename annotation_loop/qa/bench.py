@@ -33,6 +33,7 @@ from annotation_loop.qa.meshing import VoxelGrid, mesh_classes
 from annotation_loop.qa.render_cohort import class_colours, style_from_config, views_from_config
 from annotation_loop.qa.renderer import SheetRenderer
 from totalseg_train.config import compose_config
+from totalseg_train.label_maps import read_label_map
 
 
 def isotropic(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -88,10 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of ours (the best is reported)")
     args = parser.parse_args(argv)
 
-    image = sitk.ReadImage(str(args.labels))
+    image = read_label_map(args.labels).image
     if args.spacing_mm:
         image = isotropic(image, args.spacing_mm)
-    labels = sitk.GetArrayFromImage(image).astype(np.uint8)
+    labels = sitk.GetArrayFromImage(image)
     grid = VoxelGrid.of_image(image)
     n_classes = len(np.unique(labels)) - 1
     print(f"workload: {args.labels.name} at {grid.spacing_xyz[0]:g} mm, {labels.shape[::-1]} voxels (x, y, z), "

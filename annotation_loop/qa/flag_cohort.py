@@ -12,9 +12,12 @@ from tqdm import tqdm
 
 from annotation_loop.qa.flags import FlagParams, cohort_flags
 from annotation_loop.qa.label_stats import StatsParams, measure
-from annotation_loop.qa.subjects import SUFFIX, SubjectError, read_ct_on, read_label_map, subject_ids as list_subjects
+from annotation_loop.qa.meshing import VoxelGrid
+from annotation_loop.qa.subjects import read_ct_on, subject_ids as list_subjects
 from totalseg_train.atomic import write_table
 from totalseg_train.config import compose_config
+from totalseg_train.images import ImageFileError, nifti_path, subject_id_of
+from totalseg_train.label_maps import read_label_map
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +32,16 @@ def qa_config(cfg: DictConfig | None) -> DictConfig:
 
 
 def _measure_subject(path: str, images_dir: str | None, labels_version: str, params: dict):
+    """One subject's class measurements: (subject_id, classes, scan, None), or (subject_id, None, None, error)."""
+    subject_id = subject_id_of(path)
     try:
-        label_map = read_label_map(path, labels_version)
+        label_map = read_label_map(path, labels_version=labels_version)
         ct = read_ct_on(label_map, images_dir)
-        stats = measure(label_map.labels, label_map.grid, StatsParams(**params), ct)
-    except SubjectError as exc:
-        return label_map_id(path), None, None, str(exc)
-    stats.classes.insert(0, "subject_id", label_map.subject_id)
-    return label_map.subject_id, stats.classes, stats.scan, None
-
-
-def label_map_id(path: str | Path) -> str:
-    return Path(path).name[: -len(SUFFIX)]
+        stats = measure(label_map.array, VoxelGrid.of_image(label_map.image), StatsParams(**params), ct)
+    except ImageFileError as exc:
+        return subject_id, None, None, str(exc)
+    stats.classes.insert(0, "subject_id", subject_id)
+    return subject_id, stats.classes, stats.scan, None
 
 
 def compute_flags(
@@ -61,7 +62,7 @@ def compute_flags(
     cfg = qa_config(cfg)
     images_dir = images_dir if images_dir is not None else cfg.get("images_dir")
     ids = list_subjects(labels_dir, subject_ids)
-    paths = [str(Path(labels_dir) / f"{s}{SUFFIX}") for s in ids]
+    paths = [str(nifti_path(labels_dir, s)) for s in ids]
     params = OmegaConf.to_container(cfg.flags.measure, resolve=True)
     args = (paths, [str(images_dir) if images_dir else None] * len(paths), [cfg.labels_version] * len(paths),
             [params] * len(paths))

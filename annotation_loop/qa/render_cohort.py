@@ -22,11 +22,13 @@ from annotation_loop.qa.compose import SheetText, compose_sheet, coronal_ct_slic
 from annotation_loop.qa.flag_cohort import compute_flags, qa_config
 from annotation_loop.qa.grids import GridLayout, write_grids
 from annotation_loop.qa.groups import ClassGroup, groups_from_config
-from annotation_loop.qa.meshing import ClassMesh, mesh_classes
+from annotation_loop.qa.meshing import ClassMesh, VoxelGrid, mesh_classes
 from annotation_loop.qa.renderer import RenderStyle, SheetRenderer, View
-from annotation_loop.qa.subjects import SUFFIX, SubjectError, read_ct_image, read_label_map, v1_label_image
+from annotation_loop.qa.subjects import read_ct_image
 from totalseg_train import classes
 from totalseg_train.atomic import atomic_path, remove_stale_temporaries, write_table
+from totalseg_train.images import ImageFileError, nifti_path, subject_id_of
+from totalseg_train.label_maps import read_label_map
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +80,17 @@ def mesh_subject(path: str, images_dir: str | None, labels_version: str, render:
                  groups: list[ClassGroup]) -> MeshedSubject:
     """Read one label map and mesh its classes per group (and cut the CT slice if asked)."""
     start = time.perf_counter()
-    subject = Path(path).name[: -len(SUFFIX)]
+    subject = subject_id_of(path)
     try:
-        label_map = read_label_map(path, labels_version)
-        meshes = mesh_classes(label_map.labels, label_map.grid, render["mesh_spacing_mm"], render["smooth_sigma"])
+        label_map = read_label_map(path, labels_version=labels_version)
+        meshes = mesh_classes(label_map.array, VoxelGrid.of_image(label_map.image), render["mesh_spacing_mm"],
+                              render["smooth_sigma"])
         ct_slice = None
         if render["ct_slice"]:
             ct = read_ct_image(label_map, images_dir)
             if ct is not None:
-                ct_slice = coronal_ct_slice(ct, v1_label_image(label_map), class_colours(), tuple(render["ct_window"]))
-    except SubjectError as exc:
+                ct_slice = coronal_ct_slice(ct, label_map.image, class_colours(), tuple(render["ct_window"]))
+    except ImageFileError as exc:
         return MeshedSubject(subject, [], 0, None, 0.0, str(exc))
     by_group = [[m for m in meshes if m.class_id in set(g.class_ids)] for g in groups]
     return MeshedSubject(subject, by_group, len(meshes), ct_slice, time.perf_counter() - start)
@@ -136,7 +139,7 @@ def render_subjects(
     previous = (pd.read_csv(renders_csv, keep_default_na=False, dtype={"subject_id": str}).set_index("subject_id")
                 if renders_csv.exists() else pd.DataFrame(columns=RENDER_COLUMNS).set_index("subject_id"))
     todo = [s for s in flags.subject_id
-            if cfg.overwrite or not _up_to_date(previous, s, labels_dir / f"{s}{SUFFIX}", flag_text[s], settings, out)]
+            if cfg.overwrite or not _up_to_date(previous, s, nifti_path(labels_dir, s), flag_text[s], settings, out)]
     records = {s: previous.loc[s].to_dict() for s in flags.subject_id if s in previous.index and s not in todo}
     errors: list[str] = []
     if todo:
@@ -155,7 +158,7 @@ def _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, record
     renderer = SheetRenderer(len(groups), views_from_config(render["views"]), style_from_config(cfg.render))
     colours = class_colours()
     workers = max(1, min(int(cfg.workers), len(todo)))
-    paths = [str(labels_dir / f"{s}{SUFFIX}") for s in todo]
+    paths = [str(nifti_path(labels_dir, s)) for s in todo]
     args = (images_dir, cfg.labels_version, render, groups)
     try:
         for meshed in tqdm(_meshed_in_order(paths, args, workers), total=len(todo), desc="QA sheets",
@@ -164,7 +167,7 @@ def _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, record
                 log.error(meshed.error)
                 errors.append(meshed.error)
                 continue
-            records[meshed.subject_id] = _render_one(meshed, labels_dir / f"{meshed.subject_id}{SUFFIX}", out,
+            records[meshed.subject_id] = _render_one(meshed, nifti_path(labels_dir, meshed.subject_id), out,
                                                      renderer, groups, colours, flag_text[meshed.subject_id],
                                                      settings, int(render["thumb_height"]))
     finally:
