@@ -1,7 +1,8 @@
 """python -m annotation_loop.ingest corrected_dir=DIR: corrected label maps become final labels.
 
-Every file is validated before anything is stored: its subject must be known and in correction,
-its geometry must equal the subject's image and its ids must be in the class table. A file identical
+Every file is validated before anything is stored: its name must be ``<subject_id>.nii.gz``, its subject
+known and in correction, the file complete (gzip CRC checked: it becomes permanent) and a label map under
+the one policy of ``totalseg_train.label_maps``, its geometry equal to the subject's image. A file identical
 to its subject's final label is recognised as already stored and skipped (a folder ingested again). A rejected
 file leaves the ledger unchanged and is reported by name; the others go on. Subjects the reviewer
 marked "ok" on the review page become final as predicted, with zero effort.
@@ -23,8 +24,8 @@ from annotation_loop.effort import correction_effort
 from annotation_loop.ledger import IN_CORRECTION, REVIEWED, Ledger, LedgerError
 from annotation_loop.label_store import FinalLabelExists, LabelStore, same_labels
 from annotation_loop.report import write_round_report
-from totalseg_train import classes
-from totalseg_train.images import Geometry
+from totalseg_train.images import Geometry, ImageFileError, nifti_path, subject_id_of
+from totalseg_train.label_maps import LabelFileError, read_label_map
 
 
 class RejectedFile(ValueError):
@@ -39,12 +40,8 @@ class IngestResult:
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _subject_id(path: Path) -> str:
-    return path.name.removesuffix(".nii.gz").removesuffix(".nii")
-
-
 def validate_correction(path: Path, image_path: Path, subject_state: str, allow_revision: bool) -> sitk.Image:
-    """Read and check one corrected file; raises RejectedFile naming the file and the problem."""
+    """Read and check one corrected file; RejectedFile or LabelFileError naming the file and the problem."""
     if subject_state == REVIEWED and not allow_revision:
         raise RejectedFile(f"{path}: subject is already final; corrections are never overwritten "
                            "(ingest with allow_revision=true to store a new version)")
@@ -52,22 +49,12 @@ def validate_correction(path: Path, image_path: Path, subject_state: str, allow_
         raise RejectedFile(f"{path}: subject is {subject_state}, not in correction")
     if not image_path.exists():
         raise RejectedFile(f"{path}: no curated image {image_path} for this subject")
-    try:
-        label = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise RejectedFile(f"{path}: not a readable image ({str(err).strip().splitlines()[-1]})") from None
-    expected, found = Geometry.of_file(image_path), Geometry.of_image(label)
+    label = read_label_map(path, verify_data=True)  # LabelFileError names the file and the problem
+    expected, found = Geometry.of_file(image_path), Geometry.of_image(label.image)
     if not found.matches(expected):
         raise RejectedFile(f"{path}: geometry differs from the image {image_path.name}: "
                            f"{found.describe()} vs {expected.describe()}")
-    array = sitk.GetArrayViewFromImage(label)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise RejectedFile(f"{path}: labels must be integers, found {array.dtype}")
-    ids = np.unique(array)
-    unknown = [int(i) for i in ids if i != 0 and not 1 <= i <= classes.num_classes()]
-    if unknown:
-        raise RejectedFile(f"{path}: label ids not in the class table: {unknown}")
-    return sitk.Cast(label, sitk.sitkUInt8)
+    return label.image
 
 
 def holds_final_label(path: Path, final: Path) -> bool:
@@ -75,16 +62,15 @@ def holds_final_label(path: Path, final: Path) -> bool:
     if not final.exists():
         return False
     try:
-        label = sitk.ReadImage(str(path))
-    except RuntimeError:
+        return same_labels(read_label_map(path).image, read_label_map(final).image)
+    except LabelFileError:  # not the stored label; validate_correction says what is wrong with it
         return False
-    return same_labels(label, sitk.ReadImage(str(final)))
 
 
 def _store(ledger: Ledger, store: LabelStore, subject_id: str, label: sitk.Image, source: str) -> None:
     subject = ledger.subject(subject_id)
     if subject.prediction:
-        prediction = sitk.GetArrayFromImage(sitk.ReadImage(subject.prediction))
+        prediction = read_label_map(subject.prediction).array
     else:  # drawn from scratch: the effort is the whole label map
         prediction = np.zeros(sitk.GetArrayViewFromImage(label).shape, np.uint8)
     version = subject.final_version + 1
@@ -114,13 +100,22 @@ def ingest(cfg: DictConfig) -> IngestResult:
                     continue
                 if subject.state != IN_CORRECTION or not subject.prediction:
                     continue  # already final, or nothing predicted to accept
-                _store(ledger, store, row.subject_id, sitk.ReadImage(subject.prediction), "accepted_prediction")
+                try:
+                    # The prediction becomes a final label: checked to its CRC like a correction.
+                    accepted = read_label_map(subject.prediction, verify_data=True).image
+                    _store(ledger, store, row.subject_id, accepted, "accepted_prediction")
+                except (ImageFileError, FinalLabelExists) as err:
+                    result.rejected.append((subject.prediction, str(err)))
+                    continue
                 result.accepted_as_predicted.append(row.subject_id)
         if cfg.corrected_dir:
             files = sorted(Path(cfg.corrected_dir).glob("*.nii*"))
             for path in files:
-                subject_id = _subject_id(path)
                 try:
+                    try:
+                        subject_id = subject_id_of(path)
+                    except ValueError as err:
+                        raise RejectedFile(str(err)) from None
                     try:
                         subject = ledger.subject(subject_id)
                     except LedgerError:
@@ -128,12 +123,12 @@ def ingest(cfg: DictConfig) -> IngestResult:
                     if subject.state == REVIEWED and holds_final_label(path, store.current(subject_id)):
                         result.already_stored.append(subject_id)
                         continue
-                    label = validate_correction(path, images / f"{subject_id}.nii.gz", subject.state,
+                    label = validate_correction(path, nifti_path(images, subject_id), subject.state,
                                                 bool(cfg.allow_revision))
                     source = "corrected_prediction" if subject.prediction else "manual"
                     _store(ledger, store, subject_id, label, source)
                     result.accepted.append(subject_id)
-                except (RejectedFile, FinalLabelExists, LedgerError) as err:
+                except (RejectedFile, ImageFileError, FinalLabelExists, LedgerError) as err:
                     result.rejected.append((str(path), str(err)))
         write_round_report(ledger, Path(cfg.paths.reports), float(cfg.bootstrap.seconds_per_slice))
     finally:

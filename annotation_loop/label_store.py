@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from totalseg_train.atomic import TMP_MARK, atomic_path
-from totalseg_train.images import Geometry
+from totalseg_train.atomic import TMP_MARK
+from totalseg_train.images import NIFTI_SUFFIX, Geometry, nifti_path, write_image
+from totalseg_train.label_maps import read_label_map
 
 
 class FinalLabelExists(RuntimeError):
@@ -35,17 +36,17 @@ class LabelStore:
         return self.root / "predicted" / f"round_{round_number:02d}"
 
     def predicted(self, round_number: int, subject_id: str) -> Path:
-        return self.predicted_dir(round_number) / f"{subject_id}.nii.gz"
+        return nifti_path(self.predicted_dir(round_number), subject_id)
 
     def version(self, subject_id: str, version: int) -> Path:
-        return self.root / "final" / "versions" / subject_id / f"v{version:03d}.nii.gz"
+        return self.root / "final" / "versions" / subject_id / f"v{version:03d}{NIFTI_SUFFIX}"
 
     @property
     def current_dir(self) -> Path:
         return self.root / "final" / "labels"
 
     def current(self, subject_id: str) -> Path:
-        return self.current_dir / f"{subject_id}.nii.gz"
+        return nifti_path(self.current_dir, subject_id)
 
     def round_dir(self, round_number: int) -> Path:
         return self.root / "rounds" / f"round_{round_number:02d}"
@@ -58,11 +59,10 @@ class LabelStore:
         """
         path = self.version(subject_id, version)
         if path.exists():
-            if not same_labels(sitk.ReadImage(str(path)), label):
+            if not same_labels(read_label_map(path).image, label):
                 raise FinalLabelExists(f"{path} exists with other content; final labels are never overwritten")
         else:
-            with atomic_path(path) as tmp:
-                sitk.WriteImage(label, str(tmp), useCompression=True)
+            write_image(label, path)
         link_latest(path, self.current(subject_id))
         return path
 

@@ -27,6 +27,7 @@ from annotation_loop.report import write_round_report
 from annotation_loop.start import register_curated, worklist_path
 from annotation_loop.worklist import rank
 from totalseg_train.atomic import write_table
+from totalseg_train.images import nifti_path
 
 STEPS = ("select", "train", "predict", "tables", "qa", "worklist")
 
@@ -109,7 +110,7 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
         labels = rdir / "labels"
         for subject_id in train_ids:
             # The round trains on the label versions final now; later corrections don't change it.
-            link_latest(store.current(subject_id), labels / f"{subject_id}.nii.gz")
+            link_latest(store.current(subject_id), nifti_path(labels, subject_id))
         queue = [s.subject_id for s in ledger.subjects(UNLABELED)][: batch_size(cfg, n)]
         write_table(pd.DataFrame({"subject_id": train_ids}), rdir / "train_subjects.csv")
         write_table(pd.DataFrame({"subject_id": queue}), rdir / "batch.csv")
@@ -128,8 +129,8 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
     predicted_dir = store.predicted_dir(number)
     if "predict" not in done:
         images = Path(cfg.bootstrap.images_dir)
-        uncertainty = round_model.predict_batch(train_cfg, [images / f"{s}.nii.gz" for s in batch], predicted_dir,
-                                            rdir / "uncertainty.csv")
+        uncertainty = round_model.predict_batch(train_cfg, [nifti_path(images, s) for s in batch], predicted_dir,
+                                                rdir / "uncertainty.csv")
         with ledger.transaction() as db:
             for subject_id in batch:
                 subject = ledger.subject(subject_id)

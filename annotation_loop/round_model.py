@@ -12,6 +12,7 @@ from totalseg_train.atomic import write_table
 from totalseg_train.config import compose_config
 from totalseg_train.engine.inference import predict
 from totalseg_train.engine.pipeline import train_model
+from totalseg_train.images import subject_id_of
 
 
 def train_config(cfg: DictConfig, round_dir: Path, experiment: str, init_from: str | None = None) -> DictConfig:
@@ -42,10 +43,11 @@ def predict_batch(train_cfg: DictConfig, images: list[Path], out_dir: Path, unce
     """Predict the batch with its softmax entropy; write subject_id, entropy (voxel-weighted mean)."""
     predict(train_cfg, images, out_dir, uncertainty=True)
     per_class = pd.read_csv(out_dir / "entropy.csv", dtype={"subject_id": str})
-    per_class = per_class[per_class.subject_id.isin([p.name.removesuffix(".nii.gz") for p in images])]
+    subject_ids = {subject_id_of(p) for p in images}
+    per_class = per_class[per_class.subject_id.isin(subject_ids)]
     weighted = per_class.assign(w=per_class.mean_entropy * per_class.n_voxels).groupby("subject_id")
     table = (weighted.w.sum() / weighted.n_voxels.sum()).rename("entropy").reset_index()
-    missing = sorted({p.name.removesuffix(".nii.gz") for p in images} - set(table.subject_id))
+    missing = sorted(subject_ids - set(table.subject_id))
     table = pd.concat([table, pd.DataFrame({"subject_id": missing, "entropy": 0.0})], ignore_index=True)
     write_table(table, uncertainty_csv)
     return table

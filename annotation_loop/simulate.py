@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 from scipy import ndimage
 
 from annotation_loop.ledger import IN_CORRECTION, Ledger
-from totalseg_train.images import write_image
+from totalseg_train.images import nifti_path, write_image
+from totalseg_train.label_maps import read_label_map
 
 
 def roughen(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -49,18 +50,18 @@ def simulate_corrections(cfg: DictConfig) -> list[str]:
     truth_dir, out = Path(cfg.truth_dir), Path(cfg.out)
     written = []
     for subject_id in subjects:
-        truth_path = truth_dir / f"{subject_id}.nii.gz"
+        truth_path = nifti_path(truth_dir, subject_id)
         if not truth_path.exists():
             raise FileNotFoundError(f"{truth_path}: no truth label for subject {subject_id} "
                                     "(run python -m data_prep.phantom.truth_labels first)")
-        truth = sitk.ReadImage(str(truth_path))
-        labels = sitk.GetArrayFromImage(truth)
+        truth = read_label_map(truth_path)
+        labels = truth.array
         if cfg.rough:
             # Seeded per subject, so a re-run writes the same correction.
             labels = roughen(labels, np.random.default_rng([int(cfg.seed), int.from_bytes(subject_id.encode(), "little") % 2**32]))
-        corrected = sitk.GetImageFromArray(labels.astype(np.uint8))
-        corrected.CopyInformation(truth)
-        write_image(corrected, out / f"{subject_id}.nii.gz")
+        corrected = sitk.GetImageFromArray(labels)
+        corrected.CopyInformation(truth.image)
+        write_image(corrected, nifti_path(out, subject_id))
         written.append(subject_id)
     return written
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from annotation_loop.ledger import IN_CORRECTION, UNLABELED, Ledger
 from totalseg_train.atomic import write_table
+from totalseg_train.images import nifti_path
 
 
 def register_curated(ledger: Ledger, subjects_csv: Path, seed: int) -> int:
@@ -45,7 +46,7 @@ def start(cfg: DictConfig) -> list[str]:
         images = Path(cfg.bootstrap.images_dir)
         write_table(
             pd.DataFrame({"rank": range(1, len(first) + 1), "subject_id": first,
-                          "task": "annotate from scratch", "image": [str(images / f"{s}.nii.gz") for s in first]}),
+                          "task": "annotate from scratch", "image": [str(nifti_path(images, s)) for s in first]}),
             worklist_path(Path(cfg.paths.annotation), 0),
         )
         return first

@@ -149,6 +149,7 @@ def test_ingest_accepts_good_files_and_rejects_bad_ones_by_name(small_workspace)
     bad = np.zeros((6, 8, 8), np.uint8)
     bad[1, 1, 1] = 200
     sitk.WriteImage(_image(bad), str(bad_ids_path))
-    assert "label ids not in the class table: [200]" in dict(ingest(cfg).rejected)[str(bad_ids_path)]
+    assert "label ids outside the class table (0 = background, 1..104 = v1 classes): [200]" in \
+        dict(ingest(cfg).rejected)[str(bad_ids_path)]
     report = (ws / "reports" / "bootstrap_rounds.md").read_text()
     assert "| 0 | - | 1 | 32 | 100.0 | 2 |" in report  # drawn from scratch: the whole label map is new
