@@ -22,6 +22,7 @@ from data_prep.curate.selection import select_series
 from data_prep.curate.series import group_series
 from data_prep.curate.vocabulary import Vocabulary
 from totalseg_train.atomic import remove_stale_temporaries, write_table, write_text
+from totalseg_train.images import NIFTI_SUFFIX, nifti_path
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def _convert(todo: pd.DataFrame, files: dict[str, list[str]], root: str, images:
              cfg: DictConfig) -> tuple[int, dict[str, str]]:
     """Convert the series of ``todo`` in a process pool; returns (converted, {series_key: error})."""
     c = cfg.convert
-    jobs = {row.series_key: (root, files[row.series_key], str(images / f"{row.subject_id}.nii.gz"),
+    jobs = {row.series_key: (root, files[row.series_key], str(nifti_path(images, row.subject_id)),
                              str(provenance / f"{row.subject_id}.json"), row.subject_id, row.content_hash,
                              c.orientation, float(c.min_hu), float(c.max_hu)) for row in todo.itertuples()}
     failed: dict[str, str] = {}
@@ -163,11 +164,11 @@ def _convert(todo: pd.DataFrame, files: dict[str, list[str]], root: str, images:
 def _remove_uncurated(images: Path, provenance: Path, keep: set[str]) -> int:
     """Delete images and provenance of subjects not in ``keep`` (consent withdrawn, excluded); returns images removed."""
     removed = 0
-    for folder, suffix in ((images, ".nii.gz"), (provenance, ".json")):
+    for folder, suffix in ((images, NIFTI_SUFFIX), (provenance, ".json")):
         for path in folder.glob(f"*{suffix}") if folder.exists() else []:
             if path.name[: -len(suffix)] not in keep:
                 path.unlink()
-                removed += suffix == ".nii.gz"
+                removed += suffix == NIFTI_SUFFIX
     return removed
 
 
@@ -230,7 +231,7 @@ def curate(cfg: DictConfig) -> CurationSummary:
 
     start = time.perf_counter()
     wanted = series[series["decision"] == INCLUDED]
-    todo = wanted[[not is_current(images / f"{r.subject_id}.nii.gz", provenance / f"{r.subject_id}.json",
+    todo = wanted[[not is_current(nifti_path(images, r.subject_id), provenance / f"{r.subject_id}.json",
                                   r.content_hash) for r in wanted.itertuples()]]
     n_converted, failed = _convert(todo, grouped.files, root, images, provenance, cfg)
     unreadable = series["series_key"].isin(failed)

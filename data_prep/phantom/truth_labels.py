@@ -15,7 +15,8 @@ import pandas as pd
 import SimpleITK as sitk
 from omegaconf import DictConfig
 
-from totalseg_train.images import Geometry, write_image
+from totalseg_train.images import Geometry, nifti_path, read_image, write_image
+from totalseg_train.label_maps import read_label_map
 
 
 def label_on_grid(label: sitk.Image, reference: sitk.Image) -> sitk.Image:
@@ -41,7 +42,7 @@ def export_truth_labels(key_csv: str | Path, truth_root: str | Path, curated_ima
     truth_of = dict(zip(index["series_uid"], index["truth_file"]))
     rows = []
     for subject_id, series_uid in zip(key["subject_id"], key["SeriesInstanceUID"]):
-        image_path, target = images / f"{subject_id}.nii.gz", out_dir / f"{subject_id}.nii.gz"
+        image_path, target = nifti_path(images, subject_id), nifti_path(out_dir, subject_id)
         truth_file = truth_of.get(series_uid, "")
         if not image_path.exists():  # no longer curated: its label goes too
             if target.exists():
@@ -53,9 +54,8 @@ def export_truth_labels(key_csv: str | Path, truth_root: str | Path, curated_ima
         written = not (target.exists() and Geometry.of_file(target).matches(Geometry.of_file(image_path)))
         if written:
             # The phantom's truth_file paths are relative to its raw folder, the parent of truth/.
-            label = sitk.ReadImage(str(truth_root.parent / truth_file))
-            reference = sitk.ReadImage(str(image_path))
-            write_image(label_on_grid(label, reference), target)
+            label = read_label_map(truth_root.parent / truth_file).image
+            write_image(label_on_grid(label, read_image(image_path)), target)
         rows.append({"subject_id": subject_id, "truth_file": truth_file, "written": written, "removed": False})
     return pd.DataFrame(rows, columns=["subject_id", "truth_file", "written", "removed"])
 
