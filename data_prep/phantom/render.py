@@ -13,7 +13,7 @@ from data_prep.phantom.plan import ELIGIBLE_KINDS, EXPECTED_EXCLUSION, EXTREMITY
 from data_prep.phantom.shapes import (DeformedMotion, Ellipsoid, Grid, Motion, PlateauBump, RigidMotion,
                                       crop_coordinates, paint, rotation)
 from totalseg_train import classes
-from totalseg_train.images import image_from_array, write_image
+from totalseg_train.images import NIFTI_SUFFIX, image_from_array, write_image
 
 # z range (standard body, mm from the soles) of each scan extent.
 EXTENT_Z = {
@@ -237,7 +237,7 @@ def render_exam(exam: ExamPlan, cfg, out: Path) -> list[dict]:
                 mid = grid.shape[0] // 2
                 keep = np.concatenate([keep[:mid], keep[mid + 3:]])
             else:
-                truth_file = f"truth/{exam.exam_id}_s{s.series_number:02d}.nii.gz"
+                truth_file = f"truth/{exam.exam_id}_s{s.series_number:02d}{NIFTI_SUFFIX}"
                 write_image(image_from_array(labels, grid.spacing, grid.origin), out / truth_file)
             pixels = pixels[keep]
             z = grid.axis(2)[keep]
