@@ -4,12 +4,17 @@ This module is the single owner of every class fact: ids, names, the high-resolu
 model that segments a class, its category, its BTCV id, the heart sub-part flag and the id
 of the same class in the later v2 ``total`` map. Other modules ask this one; none of them
 keeps a class list of its own.
+
+A model is trained on one of the high-resolution parts (``PARTS``, the table's ``part`` column) or on
+a subset that a column of the table selects (``SUBSETS``: the heart sub-parts); both are "parts" to
+the training engine (``model_parts``, ``part_classes``).
 """
 
 from __future__ import annotations
 
 import colorsys
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -148,9 +153,30 @@ def ribs(side: str) -> list[AnatomicalClass]:
     return [by_name(f"rib_{side}_{i}") for i in range(1, 13)]
 
 
+# Class subsets a model can train on like a part, each selected by a column of the class table; a
+# subset is one line here (e.g. "btcv": btcv_classes for the 13 BTCV organs).
+SUBSETS: dict[str, Callable[[], list[AnatomicalClass]]] = {
+    "heart": heart_subparts,
+}
+
+
+def model_parts() -> tuple[str, ...]:
+    """Every name a part model can have: the five parts, then the subsets."""
+    return PARTS + tuple(SUBSETS)
+
+
+def part_classes(part: str) -> list[AnatomicalClass]:
+    """The classes of a part or a subset, ordered by id."""
+    if part in SUBSETS:
+        return SUBSETS[part]()
+    if part not in PARTS:
+        raise KeyError(f"unknown part {part!r}; parts are {', '.join(model_parts())}")
+    return in_part(part)
+
+
 def part_local_ids(part: str) -> dict[int, int]:
-    """Global id -> label id inside a part model (1..n in global-id order)."""
-    return {c.id: i for i, c in enumerate(in_part(part), start=1)}
+    """Global id -> label id inside a part model (1..n in global-id order); parts and subsets alike."""
+    return {c.id: i for i, c in enumerate(part_classes(part), start=1)}
 
 
 def v2_to_v1_lut() -> np.ndarray:

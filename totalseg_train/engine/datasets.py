@@ -1,4 +1,7 @@
-"""The nnU-Net datasets of a model: one per part model, with part-local label ids from the class table."""
+"""The nnU-Net datasets of a model: one per part model, with part-local label ids from the class table.
+
+A part is one of the class table's parts or subsets (``classes.model_parts``), or ``all``.
+"""
 
 from __future__ import annotations
 
@@ -63,8 +66,9 @@ def part_datasets(cfg: DictConfig) -> list[PartDataset]:
     """The datasets of every part model of the configured experiment (part i: dataset_id + i)."""
     parts = list(cfg.model.parts)
     for part in parts:
-        if part != ALL and part not in classes.PARTS:
-            raise ValueError(f"model.parts: unknown part {part!r}; use {ALL!r} or some of {', '.join(classes.PARTS)}")
+        if part != ALL and part not in classes.model_parts():
+            raise ValueError(f"model.parts: unknown part {part!r}; use {ALL!r} or some of "
+                             f"{', '.join(classes.model_parts())}")
     if ALL in parts and len(parts) > 1:
         raise ValueError(f"model.parts: {ALL!r} is a model of its own and cannot be combined with parts")
     if len(set(parts)) != len(parts):
