@@ -62,6 +62,29 @@ def test_highres_has_five_part_datasets_with_the_class_tables_local_ids():
     assert ribs.to_local()[classes.id_of("liver")] == 0
 
 
+def test_heart_experiments_train_the_six_heart_subparts_as_one_part_with_their_own_split():
+    heart_ids = [c.id for c in classes.all_classes() if c.heart_subpart]
+    assert len(heart_ids) == 6
+    ids = {}
+    for experiment in ("heart", "heart_tiny"):
+        cfg = compose_config("train", [f"+experiment={experiment}", "paths.workspace=/ws"])
+        (dataset,) = part_datasets(cfg)
+        ids[experiment] = dataset.dataset_id
+        assert dataset.part == "heart" and dataset.global_ids() == heart_ids  # local ids 1..6 in class-id order
+        assert list(dataset.to_global()) == [0, *heart_ids]
+        assert dataset.to_local()[classes.id_of("aorta")] == 0  # cardiac, but not a heart sub-part
+        assert dataset.dataset_json(3)["labels"] == {"background": 0, **{classes.by_id(g).name: i
+                                                                           for i, g in enumerate(heart_ids, 1)}}
+        assert cfg.labels_dir == "/ws/heart/labels" and cfg.split.file == "/ws/nnunet/split_heart.json"
+    assert compose_config("train", ["+experiment=heart"]).model.spacing_mm == [1.5, 1.5, 1.5]
+    other_ids = {int(compose_config("train", [f"+experiment={e}"]).model.dataset_id) + i
+                 for e, n in (("tiny", 1), ("fast", 1), ("highres", 5)) for i in range(n)}
+    assert len(set(ids.values())) == 2 and not set(ids.values()) & other_ids
+    assert classes.part_local_ids("heart") == {g: i for i, g in enumerate(heart_ids, 1)}
+    with pytest.raises(KeyError, match="parts are organs, .*, heart"):
+        classes.part_classes("lungs")
+
+
 def test_a_part_job_selects_one_dataset():
     cfg = compose_config("train", ["+experiment=highres", "part=cardiac"])
     assert [d.name for d in selected_datasets(cfg)] == ["Dataset312_highres_cardiac"]
