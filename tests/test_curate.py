@@ -55,6 +55,10 @@ def test_subjects_table_and_pairs(curated_workspace, phantom_index):
     for row in truth.itertuples():
         assert row.paired_subject_id == by_uid.get(row.paired_series_uid, "")
     assert (truth.paired_subject_id != "").sum() == 4
+    # The phantom's pairs share a frame of reference (the heart transfer's start); others have no pair.
+    same_frame = truth.pair_same_frame.astype(str).str.lower()
+    assert (same_frame[truth.paired_subject_id != ""] == "true").all()
+    assert set(same_frame[truth.paired_subject_id == ""]) <= {"", "nan"}
     for column in ("patient", "exam", "sex", "age", "study_year", "site", "manufacturer", "kvp", "kernel",
                    "slice_thickness", "contrast_phase", "body_region", "paired_subject_id"):
         assert column in subjects.columns, column

@@ -37,7 +37,7 @@ UNREADABLE = "unreadable"
 SUBJECT_COLUMNS = [
     "subject_id", "patient", "exam", "series_id", "sex", "age", "study_year", "site", "manufacturer", "model", "kvp",
     "kernel", "kernel_class", "slice_thickness", "slice_spacing", "n_slices", "contrast_phase", "contrast",
-    "body_region", "paired_subject_id",
+    "body_region", "paired_subject_id", "pair_same_frame",
 ]
 # series.parquet: everything extracted from the headers except what identifies the patient.
 SERIES_COLUMNS = [
@@ -47,7 +47,7 @@ SERIES_COLUMNS = [
     "spacing_deviation", "duplicate_positions", "stack_tilt_deg", "gantry_tilt", "n_files", "n_slices", "rows",
     "columns", "pixel_spacing_row", "pixel_spacing_col", "frames", "fov_mm", "z_extent_mm", "lateral_offset_mm",
     "contrast_agent", "contrast_phase", "contrast", "phase_group", "body_part", "body_region", "region_source",
-    "paired_series_id", "paired_subject_id", "content_hash", "transfer_syntax",
+    "paired_series_id", "paired_subject_id", "pair_same_frame", "content_hash", "transfer_syntax",
 ]
 # A series excluded for lack of consent keeps only these: nothing about the patient or the scan.
 NO_CONSENT_COLUMNS = ["series_id", "decision", "reason", "detail", "n_files"]
@@ -181,6 +181,12 @@ def series_table(series: pd.DataFrame, subject_ids: dict[str, str], consent_reas
     paired = out["paired_series_key"].where(out["paired_series_key"].isin(set(out.loc[included, "series_key"])), "")
     out["paired_series_id"] = paired.map(ids).fillna("")
     out["paired_subject_id"] = paired.map(subject_ids).fillna("").where(included, "")
+    # Labels carried from one series of a pair to the other start from the headers' alignment, which
+    # holds only in one frame of reference; the UIDs themselves stay private.
+    frame_of = dict(zip(out["series_key"], out["frame_uid"]))
+    out["pair_same_frame"] = [
+        "" if not key else str(bool(frame) and frame_of.get(key) == frame).lower()
+        for key, frame in zip(paired, out["frame_uid"])]
     for column in ("age", "study_year", "series_number", "kvp", "n_slices", "rows", "columns", "frames",
                    "duplicate_positions"):
         out[column] = pd.to_numeric(out[column], errors="coerce").round().astype("Int64")
