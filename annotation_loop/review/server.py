@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from annotation_loop.qa.flags import FLAGS
 from annotation_loop.review.decisions import DECISIONS, read_decisions, record_decision
 from annotation_loop.review.page import PAGE
 
@@ -46,6 +45,8 @@ class ReviewData:
         self.findings = (pd.read_csv(findings_csv, keep_default_na=False, dtype={"subject_id": str})
                          if findings_csv.exists() else pd.DataFrame(columns=["subject_id", "flag", "class_name", "detail"]))
         self.ids = set(self.flags.subject_id)
+        # The flag columns between subject_id and the totals: QA's rules, or another stage's QC (heart transfer).
+        self.flag_names = [c for c in self.flags.columns if c not in ("subject_id", "n_flags", "flags")]
 
     def subjects(self) -> list[dict]:
         with self.lock:
@@ -55,7 +56,7 @@ class ReviewData:
             decided = decisions.loc[r.subject_id] if r.subject_id in decisions.index else None
             rows.append({
                 "subject_id": r.subject_id,
-                "flags": [f for f in FLAGS if str(getattr(r, f)) == "True"],
+                "flags": [f for f in self.flag_names if str(getattr(r, f)) == "True"],
                 "n_flags": int(r.n_flags),
                 "flags_text": getattr(r, "flags"),
                 "findings": [
@@ -107,7 +108,7 @@ class ReviewHandler(BaseHTTPRequestHandler):
         if path in ("/", "/index.html"):
             return self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
         if path == "/api/subjects":
-            return self._json(HTTPStatus.OK, {"flags": list(FLAGS), "decisions": list(DECISIONS),
+            return self._json(HTTPStatus.OK, {"flags": self.data.flag_names, "decisions": list(DECISIONS),
                                               "subjects": self.data.subjects()})
         match = re.fullmatch(r"/(thumbs|sheets)/([^/]+)\.png", path)
         if match and match.group(2) in self.data.ids:
