@@ -215,3 +215,29 @@ def test_bad_pairs_get_a_reason_and_the_rest_go_on(curated_workspace, tmp_path):
     report = pd.read_csv(tmp_path / "heart_transfer.csv", keep_default_na=False).set_index("contrast_subject_id")
     assert run.returncode == 1
     assert f"{good}.nii.gz" in report.loc[good, "reason"] and "not heart sub-parts" in report.loc[good, "reason"]
+
+
+def test_review_page_serves_the_pair_sheets(transferred, tmp_path):
+    """The QC sheets open in the review page like QA sheets, with the transfer's flag as the page's flag."""
+    import json
+    import threading
+    import urllib.request
+
+    from annotation_loop.review import make_server
+
+    _, out, _ = transferred
+    report = pd.read_csv(out / "heart_transfer.csv", dtype={"native_subject_id": str})
+    server = make_server(out / "qa", tmp_path / "decisions.csv")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        listing = json.loads(urllib.request.urlopen(f"{base}/api/subjects").read())
+        assert listing["flags"] == ["heart_transfer"]
+        shown = {s["subject_id"]: s for s in listing["subjects"]}
+        assert set(shown) == set(report.native_subject_id)
+        for row in report.itertuples():
+            assert shown[row.native_subject_id]["flags"] == (["heart_transfer"] if row.flag else [])
+            sheet = urllib.request.urlopen(f"{base}/sheets/{row.native_subject_id}.png").read()
+            assert sheet.startswith(b"\x89PNG")
+    finally:
+        server.shutdown()
