@@ -30,6 +30,8 @@ def main(cfg: DictConfig) -> None:
     overall = (summary["evaluation"] or {}).get("overall")
     if overall:
         print(f"  test split: mean Dice {overall['dice']['mean']:.3f}, mean NSD {overall['nsd']['mean']:.3f}")
+        for group, scores in summary["evaluation"].get("by_contrast", {}).items():
+            print(f"    {group} subjects ({scores['n_subjects']}): mean Dice {scores['dice']:.3f}")
     if summary["predictions"]:
         print(f"  test predictions: {summary['predictions']['dir']}")
     print(f"  summary: {summary['config']['paths']['results']}/{summary['experiment']}/run_summary.json")

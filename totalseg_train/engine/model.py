@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from totalseg_train.atomic import write_text
-from totalseg_train.engine.training import is_trained
+from totalseg_train.engine.training import FINAL_CHECKPOINT, fold_folder, is_trained
 
 MANIFEST = "model.json"
 
@@ -42,6 +42,14 @@ class TrainedModel:
 
     def untrained_parts(self) -> list[str]:
         return [p.part for p in self.parts if not is_trained(p.folder)]
+
+    def class_ids(self) -> list[int]:
+        """The v1 ids the model predicts, all parts together, sorted."""
+        return sorted({i for p in self.parts for i in p.v1_class_ids})
+
+    def trained_ns(self) -> int:
+        """When its newest part finished training (final checkpoint's mtime, ns): differs once retrained or resumed."""
+        return max((fold_folder(p.folder) / FINAL_CHECKPOINT).stat().st_mtime_ns for p in self.parts)
 
 
 def model_dir(cfg: DictConfig) -> Path:

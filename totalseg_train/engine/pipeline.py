@@ -113,8 +113,7 @@ def predictions_outdated(predictions: Path, trained: TrainedModel) -> bool:
     files = list(predictions.glob(f"*{NIFTI_SUFFIX}")) if predictions.is_dir() else []
     if not files:
         return False
-    newest_model = max((fold_folder(p.folder) / FINAL_CHECKPOINT).stat().st_mtime_ns for p in trained.parts)
-    return min(f.stat().st_mtime_ns for f in files) < newest_model
+    return min(f.stat().st_mtime_ns for f in files) < trained.trained_ns()
 
 
 def evaluate_test_split(cfg: DictConfig, predictions: Path, out_dir: Path, subjects: list[str]) -> dict | None:
@@ -122,11 +121,19 @@ def evaluate_test_split(cfg: DictConfig, predictions: Path, out_dir: Path, subje
     if importlib.util.find_spec("totalseg_train.evaluate") is None:
         log.warning("totalseg_train.evaluate is not available: the test predictions are not scored")
         return None
+    from totalseg_train.engine.contrast_scores import write_scores_by_contrast
     from totalseg_train.evaluate import evaluate_folders
+    from totalseg_train.evaluate.aggregate import BootstrapSettings
+    from totalseg_train.evaluate.folders import SCORES_FILE
 
     tolerance = cfg.evaluation.tolerance_mm
-    return evaluate_folders(cfg.labels_dir, predictions, out_dir, tolerance_mm=None if tolerance is None else float(tolerance),
-                            workers=int(cfg.workers), subjects=list(subjects), progress=False)
+    evaluation = evaluate_folders(cfg.labels_dir, predictions, out_dir,
+                                  tolerance_mm=None if tolerance is None else float(tolerance),
+                                  workers=int(cfg.workers), subjects=list(subjects), progress=False)
+    # Native and contrast subjects apart: a model trained on both should not be worse on native scans.
+    evaluation["by_contrast"] = write_scores_by_contrast(out_dir / SCORES_FILE, cfg.subjects_csv,
+                                                         BootstrapSettings(**evaluation["bootstrap"]))
+    return evaluation
 
 
 def json_safe(value):
