@@ -69,8 +69,11 @@ def holds_final_label(path: Path, final: Path) -> bool:
 
 def _store(ledger: Ledger, store: LabelStore, subject_id: str, label: sitk.Image, source: str) -> None:
     subject = ledger.subject(subject_id)
-    if subject.prediction:
-        prediction = read_label_map(subject.prediction).array
+    handed = ledger.handed(subject)  # a prediction, or a start map with the heart model's sub-parts
+    # The map is kept while its voxels are used: ``array`` is a view of its image's memory.
+    handed_map = read_label_map(handed) if handed else None
+    if handed_map is not None:
+        prediction = handed_map.array
     else:  # drawn from scratch: the effort is the whole label map
         prediction = np.zeros(sitk.GetArrayViewFromImage(label).shape, np.uint8)
     version = subject.final_version + 1

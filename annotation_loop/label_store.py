@@ -38,6 +38,10 @@ class LabelStore:
     def predicted(self, round_number: int, subject_id: str) -> Path:
         return nifti_path(self.predicted_dir(round_number), subject_id)
 
+    def start_map(self, subject_id: str) -> Path:
+        """The label map a subject drawn from scratch starts from (the heart model's sub-parts)."""
+        return nifti_path(self.root / "start", subject_id)
+
     def version(self, subject_id: str, version: int) -> Path:
         return self.root / "final" / "versions" / subject_id / f"v{version:03d}{NIFTI_SUFFIX}"
 

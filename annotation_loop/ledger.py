@@ -72,6 +72,13 @@ CREATE TABLE IF NOT EXISTS efforts (
     dice REAL,
     PRIMARY KEY (subject_id, version, class_id)
 );
+CREATE TABLE IF NOT EXISTS heart_priors (
+    subject_id TEXT NOT NULL REFERENCES subjects(subject_id),
+    round INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    file TEXT NOT NULL,
+    PRIMARY KEY (subject_id, round)
+);
 """
 
 
@@ -193,6 +200,23 @@ class Ledger:
             [(subject_id, version, round, source, e["class_id"], e["voxels_changed"], e["slices_touched"],
               e["voxels_labelled"], e["dice"]) for e in per_class],
         )
+
+    def record_heart_prior(self, db: sqlite3.Connection, subject_id: str, round: int, model: str, file: str) -> None:
+        """What the subject was handed in ``round`` (``file``) holds the heart sub-parts of the heart ``model``."""
+        db.execute("INSERT OR REPLACE INTO heart_priors (subject_id, round, model, file) VALUES (?,?,?,?)",
+                   (subject_id, round, model, file))
+
+    def heart_priors(self) -> list[dict]:
+        return [dict(r) for r in self._db.execute("SELECT * FROM heart_priors ORDER BY round, subject_id")]
+
+    def handed(self, subject: Subject) -> str | None:
+        """The label map the annotator of ``subject`` was given to correct: the round's prediction, else the
+        start map with the heart model's sub-parts (round 0), else None (drawn from scratch)."""
+        if subject.prediction:
+            return subject.prediction
+        row = self._db.execute("SELECT file FROM heart_priors WHERE subject_id = ? AND round = ?",
+                               (subject.subject_id, subject.round)).fetchone()
+        return row["file"] if row else None
 
     def efforts(self) -> list[dict]:
         return [dict(r) for r in self._db.execute("SELECT * FROM efforts ORDER BY subject_id, version, class_id")]

@@ -1,4 +1,5 @@
-"""The round report: how much correction each bootstrap round's predictions needed."""
+"""The round report: how much correction each bootstrap round's predictions needed, and what the heart
+model's sub-parts saved where annotators were handed them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd  # noqa: E402
 from annotation_loop.effort import TOTAL  # noqa: E402
 from annotation_loop.ledger import Ledger  # noqa: E402
 from totalseg_train.atomic import atomic_path, write_table, write_text  # noqa: E402
+from totalseg_train.heart_predictions import heart_class_ids  # noqa: E402
 
 
 def effort_by_round(efforts: pd.DataFrame, seconds_per_slice: float) -> pd.DataFrame:
@@ -40,13 +42,64 @@ def effort_by_round(efforts: pd.DataFrame, seconds_per_slice: float) -> pd.DataF
     return pd.DataFrame(rows, columns=columns)
 
 
-def _markdown(table: pd.DataFrame, rounds: list[dict]) -> str:
+HEART_COLUMNS = ["heart_subjects_with_model", "heart_median_percent_changed_with_model",
+                 "heart_subjects_without_model", "heart_median_percent_changed_without_model"]
+
+
+def heart_effort_by_round(efforts: pd.DataFrame, priors: pd.DataFrame) -> pd.DataFrame:
+    """What the heart model saved, per round: the median share of the six heart sub-parts' voxels changed
+    per subject, for subjects handed the heart model's sub-parts (``priors``: the ledger's heart_priors)
+    and for the others (drawn from scratch: 100 %). Summed over the six classes, so a voxel moved from one
+    heart class to another counts for both; subjects without heart labels in their correction are left out."""
+    if efforts.empty:
+        return pd.DataFrame(columns=["round", *HEART_COLUMNS])
+    efforts = efforts.assign(round=efforts["round"].fillna(0).astype(int))
+    heart = efforts[efforts.class_id.isin(heart_class_ids())]
+    per_subject = heart.groupby(["round", "subject_id", "version"], as_index=False)[
+        ["voxels_changed", "voxels_labelled"]].sum()
+    per_subject = per_subject[per_subject.voxels_labelled > 0]
+    per_subject["percent"] = 100.0 * per_subject.voxels_changed / per_subject.voxels_labelled
+    given = set(zip(priors["round"], priors["subject_id"])) if not priors.empty else set()
+    per_subject["with_model"] = [(r, s) in given for r, s in zip(per_subject["round"], per_subject.subject_id)]
+    rows = []
+    for number, group in per_subject.groupby("round"):
+        with_model, without = group[group.with_model], group[~group.with_model]
+        rows.append({"round": int(number),
+                     HEART_COLUMNS[0]: len(with_model), HEART_COLUMNS[1]: with_model.percent.median(),
+                     HEART_COLUMNS[2]: len(without), HEART_COLUMNS[3]: without.percent.median()})
+    return pd.DataFrame(rows, columns=["round", *HEART_COLUMNS])
+
+
+def _heart_markdown(table: pd.DataFrame) -> list[str]:
+    def percent(value: float) -> str:
+        return "-" if pd.isna(value) else f"{value:.1f}"
+
+    lines = [
+        "",
+        "## Heart sub-parts: what the heart model saved",
+        "",
+        "Median % of the six heart sub-parts' voxels changed per subject, for subjects handed the heart model's",
+        "sub-parts (python -m data_prep.heart_transfer.apply) and for the others (round 0: drawn from scratch, 100 %).",
+        "",
+        "| round | subjects with heart model | median % of heart voxels changed | subjects without "
+        "| median % of heart voxels changed |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in table.dropna(subset=["heart_subjects_with_model"]).itertuples():
+        lines.append(f"| {r.round} | {int(r.heart_subjects_with_model)} | "
+                     f"{percent(r.heart_median_percent_changed_with_model)} | {int(r.heart_subjects_without_model)} | "
+                     f"{percent(r.heart_median_percent_changed_without_model)} |")
+    return lines
+
+
+def _markdown(table: pd.DataFrame, rounds: list[dict], heart_model_used: bool) -> str:
     n_by_round = {r["number"]: r["n_reviewed"] for r in rounds}
     lines = [
         "# Annotation bootstrap: correction effort per round",
         "",
-        "Round 0 are the subjects drawn from scratch; round r are the predictions of the model trained in",
-        "round r on N reviewed subjects, measured against the annotators' corrections.",
+        "Round 0 are the subjects drawn from scratch (from the heart model's sub-parts where it predicted them);",
+        "round r are the predictions of the model trained in round r on N reviewed subjects, measured against the",
+        "annotators' corrections.",
         "",
         "| round | trained on N | subjects corrected | median voxels changed | median % of label map changed "
         "| median slices touched | median minutes | Dice of prediction |",
@@ -57,6 +110,8 @@ def _markdown(table: pd.DataFrame, rounds: list[dict]) -> str:
         lines.append(f"| {r.round} | {n} | {r.subjects} | {r.median_voxels_changed:.0f} | {r.median_percent_changed:.1f} "
                      f"| {r.median_slices_touched:.0f} "
                      f"| {r.median_minutes:.1f} | {r.mean_dice:.3f} |")
+    if heart_model_used:
+        lines += _heart_markdown(table)
     return "\n".join(lines) + "\n"
 
 
@@ -82,10 +137,12 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
 
 def write_round_report(ledger: Ledger, reports_dir: Path, seconds_per_slice: float) -> pd.DataFrame:
     """Write reports/bootstrap_rounds.{md,csv,png} from the ledger; returns the table."""
-    table = effort_by_round(pd.DataFrame(ledger.efforts()), seconds_per_slice)
+    efforts, priors = pd.DataFrame(ledger.efforts()), pd.DataFrame(ledger.heart_priors())
+    table = effort_by_round(efforts, seconds_per_slice)
+    table = table.merge(heart_effort_by_round(efforts, priors), on="round", how="left")
     reports_dir.mkdir(parents=True, exist_ok=True)
     write_table(table, reports_dir / "bootstrap_rounds.csv")
-    write_text(reports_dir / "bootstrap_rounds.md", _markdown(table, ledger.rounds()))
+    write_text(reports_dir / "bootstrap_rounds.md", _markdown(table, ledger.rounds(), not priors.empty))
     if not table.empty:
         _plot(table, reports_dir / "bootstrap_rounds.png")
     return table

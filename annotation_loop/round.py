@@ -1,7 +1,8 @@
 """python -m annotation_loop.round n_reviewed=N: one round of the annotation bootstrap.
 
 Trains the configured experiment on the first N reviewed subjects, predicts the next batch of
-unlabeled subjects, writes their predictions with label tables for 3D Slicer and ITK-SNAP,
+unlabeled subjects, gives the predictions the heart model's heart sub-parts where it has predicted
+them (``annotation_loop.heart_prior``), writes them with label tables for 3D Slicer and ITK-SNAP,
 renders their QA sheets and flags, and hands annotators a worklist ranked by expected
 correction effort. Each step is recorded in the ledger when done; a killed round re-runs from
 the first unfinished step.
@@ -19,6 +20,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from annotation_loop import round_model
+from annotation_loop.heart_prior import give_heart, heart_predictions
 from annotation_loop.label_store import LabelStore, link_latest
 from annotation_loop.label_tables import write_label_tables
 from annotation_loop.ledger import IN_CORRECTION, PREDICTED, UNLABELED, Ledger
@@ -27,9 +29,11 @@ from annotation_loop.report import write_round_report
 from annotation_loop.start import register_curated, worklist_path
 from annotation_loop.worklist import rank
 from totalseg_train.atomic import write_table
+from totalseg_train.engine.inference import ENTROPY_TABLE
+from totalseg_train.heart_predictions import heart_class_ids
 from totalseg_train.images import nifti_path
 
-STEPS = ("select", "train", "predict", "tables", "qa", "worklist")
+STEPS = ("select", "train", "predict", "heart", "tables", "qa", "worklist")
 
 
 class RoundError(RuntimeError):
@@ -75,6 +79,18 @@ def _round_number(ledger: Ledger, n: int) -> tuple[int, bool]:
         if r["n_reviewed"] == n:
             return r["number"], bool(r["finished_at"])
     return len(ledger.rounds()) + 1, False
+
+
+def _give_heart(cfg: DictConfig, ledger: Ledger, store: LabelStore, number: int, batch: list[str]) -> list[str]:
+    """The heart step: the batch's predictions take their heart sub-parts from the heart model where it
+    predicted the subject; recorded in the ledger. Returns the subjects given them."""
+    hearts = heart_predictions(cfg)
+    given = [s for s in batch if s in hearts and give_heart(hearts[s], store.predicted(number, s))]
+    with ledger.transaction() as db:
+        for subject_id in given:
+            ledger.record_heart_prior(db, subject_id, number, hearts[subject_id].model,
+                                      str(store.predicted(number, subject_id)))
+    return given
 
 
 def run_round(cfg: DictConfig) -> RoundResult:
@@ -140,6 +156,13 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
                             prediction=str(store.predicted(number, subject_id)))
         ledger.finish_step(number, "predict", {"n_predicted": len(uncertainty)})
 
+    if "heart" not in done:
+        given = _give_heart(cfg, ledger, store, number, batch)
+        # The round model's entropy over the heart classes no longer describes what the annotator corrects.
+        round_model.write_uncertainty(predicted_dir / ENTROPY_TABLE, batch, rdir / "uncertainty.csv",
+                                      {s: heart_class_ids() for s in given})
+        ledger.finish_step(number, "heart", {"n_heart_prior": len(given)})
+
     if "tables" not in done:
         write_label_tables(predicted_dir)
         ledger.finish_step(number, "tables")
@@ -157,6 +180,8 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
         table = table.fillna({"n_flags": 0, "flags": ""})
         ranked = rank(table, float(cfg.bootstrap.worklist.flag_weight), float(cfg.bootstrap.worklist.entropy_weight))
         ranked["prediction"] = [str(store.predicted(number, s)) for s in ranked.subject_id]
+        heart_from = {p["subject_id"]: p["model"] for p in ledger.heart_priors() if p["round"] == number}
+        ranked["heart_model"] = [heart_from.get(s, "") for s in ranked.subject_id]  # who drew the heart sub-parts
         ranked["qa_sheet"] = [str(qa_dir / "subjects" / f"{s}.png") for s in ranked.subject_id]
         write_table(ranked, worklist)
         with ledger.transaction() as db:

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from annotation_loop.qa import render_subjects
 from totalseg_train.atomic import write_table
 from totalseg_train.config import compose_config
-from totalseg_train.engine.inference import predict
+from totalseg_train.engine.inference import ENTROPY_TABLE, predict
 from totalseg_train.engine.pipeline import train_model
 from totalseg_train.images import subject_id_of
 
@@ -42,12 +42,21 @@ def train(train_cfg: DictConfig, subject_ids: list[str]) -> str:
 def predict_batch(train_cfg: DictConfig, images: list[Path], out_dir: Path, uncertainty_csv: Path) -> pd.DataFrame:
     """Predict the batch with its softmax entropy; write subject_id, entropy (voxel-weighted mean)."""
     predict(train_cfg, images, out_dir, uncertainty=True)
-    per_class = pd.read_csv(out_dir / "entropy.csv", dtype={"subject_id": str})
-    subject_ids = {subject_id_of(p) for p in images}
+    return write_uncertainty(out_dir / ENTROPY_TABLE, [subject_id_of(p) for p in images], uncertainty_csv)
+
+
+def write_uncertainty(entropy_csv: Path, subject_ids: list[str], uncertainty_csv: Path,
+                      replaced: dict[str, list[int]] | None = None) -> pd.DataFrame:
+    """Write each subject's entropy (the voxel-weighted mean of its predicted classes' mean entropy) from the
+    engine's per-class table. ``replaced``: per subject, classes whose voxels another model (the heart model)
+    gave; they are left out, since the round model's doubt about them says nothing of the work left."""
+    per_class = pd.read_csv(entropy_csv, dtype={"subject_id": str})
     per_class = per_class[per_class.subject_id.isin(subject_ids)]
+    for subject_id, class_ids in (replaced or {}).items():
+        per_class = per_class[~((per_class.subject_id == subject_id) & per_class.class_id.isin(class_ids))]
     weighted = per_class.assign(w=per_class.mean_entropy * per_class.n_voxels).groupby("subject_id")
     table = (weighted.w.sum() / weighted.n_voxels.sum()).rename("entropy").reset_index()
-    missing = sorted(subject_ids - set(table.subject_id))
+    missing = sorted(set(subject_ids) - set(table.subject_id))
     table = pd.concat([table, pd.DataFrame({"subject_id": missing, "entropy": 0.0})], ignore_index=True)
     write_table(table, uncertainty_csv)
     return table

@@ -2,6 +2,9 @@
 
 The bootstrap begins as in the paper: the first subjects of the schedule (5) are annotated from
 scratch. They go to correction with no prediction; ``ingest`` records them as manual annotations.
+Where the heart model has predicted a subject (``bootstrap.heart_predictions``), its annotator starts
+from a label map holding the heart sub-parts (``annotation/start/<subject_id>.nii.gz``, the worklist's
+``start_from``), and the effort is measured against that map.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from annotation_loop.heart_prior import heart_predictions, write_start_map
+from annotation_loop.label_store import LabelStore
 from annotation_loop.ledger import IN_CORRECTION, UNLABELED, Ledger
 from totalseg_train.atomic import write_table
 from totalseg_train.images import nifti_path
@@ -25,6 +30,9 @@ def register_curated(ledger: Ledger, subjects_csv: Path, seed: int) -> int:
     ids = sorted(pd.read_csv(subjects_csv, dtype={"subject_id": str}).subject_id)
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
     return ledger.register(ids, order)
+
+
+START_WITH_HEART = "annotate, starting from the heart model's sub-parts (start_from)"
 
 
 def worklist_path(annotation_dir: Path, round_number: int) -> Path:
@@ -40,13 +48,22 @@ def start(cfg: DictConfig) -> list[str]:
         if counts[UNLABELED] < sum(counts.values()):
             return []  # already started
         first = [s.subject_id for s in ledger.subjects(UNLABELED)[: int(cfg.bootstrap.schedule[0])]]
+        images, store = Path(cfg.bootstrap.images_dir), LabelStore(cfg.paths.annotation)
+        # Start maps first, then the ledger: a kill in between hands out the same subjects again on a re-run.
+        hearts = heart_predictions(cfg)
+        given = {s: hearts[s] for s in first
+                 if s in hearts and write_start_map(hearts[s], nifti_path(images, s), store.start_map(s))}
         with ledger.transaction() as db:
             for subject_id in first:
                 ledger.move(db, subject_id, IN_CORRECTION, round=0, source="manual")
-        images = Path(cfg.bootstrap.images_dir)
+                if subject_id in given:
+                    ledger.record_heart_prior(db, subject_id, 0, given[subject_id].model,
+                                              str(store.start_map(subject_id)))
         write_table(
             pd.DataFrame({"rank": range(1, len(first) + 1), "subject_id": first,
-                          "task": "annotate from scratch", "image": [str(nifti_path(images, s)) for s in first]}),
+                          "task": [START_WITH_HEART if s in given else "annotate from scratch" for s in first],
+                          "image": [str(nifti_path(images, s)) for s in first],
+                          "start_from": [str(store.start_map(s)) if s in given else "" for s in first]}),
             worklist_path(Path(cfg.paths.annotation), 0),
         )
         return first

@@ -136,7 +136,7 @@ def test_a_round_killed_in_training_prediction_or_rendering_resumes_without_redo
     assert "train" not in loop["steps_after_training_kill"]
     assert "train" in loop["steps_after_prediction_kill"] and "predict" not in loop["steps_after_prediction_kill"]
     assert "predict" in loop["steps_after_render_kill"] and "qa" not in loop["steps_after_render_kill"]
-    assert "resumed; steps already done: select, train, predict, tables" in loop["resumed_output"]
+    assert "resumed; steps already done: select, train, predict, heart, tables" in loop["resumed_output"]
     ws = loop["ws"]
     round1 = LabelStore(ws / "annotation").round_dir(1)
     # The killed training was started again once; the finished one was not repeated after later kills.
