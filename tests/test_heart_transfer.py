@@ -241,3 +241,15 @@ def test_review_page_serves_the_pair_sheets(transferred, tmp_path):
             assert sheet.startswith(b"\x89PNG")
     finally:
         server.shutdown()
+
+
+def test_coarse_levels_are_dropped_for_a_small_region():
+    """A heart cut by the scan's edge spans a few slices: a 4x shrink of it left ITK no sample inside the image."""
+    from omegaconf import OmegaConf
+
+    from data_prep.heart_transfer.registration import levels
+
+    stage = OmegaConf.create({"shrink_factors": [4, 2, 1], "smoothing_sigmas_mm": [4.0, 2.0, 0.0]})
+    assert levels(stage, (60, 60, 40)) == ([4, 2, 1], [4.0, 2.0, 0.0])
+    assert levels(stage, (60, 60, 20)) == ([2, 1], [2.0, 0.0])
+    assert levels(stage, (60, 60, 3)) == ([1], [0.0])

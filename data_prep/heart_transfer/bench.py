@@ -20,8 +20,9 @@ import pandas as pd
 import SimpleITK as sitk
 
 from data_prep.heart_transfer.pairs import read_pairs
+from data_prep.heart_transfer.registration import RegistrationError
 from data_prep.heart_transfer.stage import heart_only
-from data_prep.heart_transfer.transfer import dice, heart_ids, resample_labels, touches_edge, transfer
+from data_prep.heart_transfer.transfer import TransferError, dice, heart_ids, resample_labels, touches_edge, transfer
 from totalseg_train import classes
 from totalseg_train.config import compose_config
 from totalseg_train.images import nifti_path, read_image
@@ -98,9 +99,14 @@ def main() -> None:
     cfg = compose_config("heart_transfer", ["labels_dir=unused", f"paths.workspace={args.workspace}", *args.overrides])
     centres = heart_centres(args.workspace)
     truth_dir = args.workspace / "truth_labels"
-    rows = []
+    rows, failed = [], []
     for pair in read_pairs(args.workspace / "curated" / "subjects.csv"):
-        rows += bench_pair(args.workspace, truth_dir, pair.contrast, pair.native, centres, cfg)
+        try:
+            rows += bench_pair(args.workspace, truth_dir, pair.contrast, pair.native, centres, cfg)
+        except (TransferError, RegistrationError) as err:
+            failed.append({"native": pair.native, "contrast": pair.contrast, "reason": str(err)})
+            print(f"  pair {pair.native} <- {pair.contrast}: not transferred ({err})", flush=True)
+            continue
         last = rows[-1]
         print(f"  pair {pair.native} <- {pair.contrast}: heart {'complete' if last['heart_complete'] else 'cut'}, "
               f"rigid {last['rigid_seconds']:.1f} s, deformable {last['deformable_seconds']:.1f} s", flush=True)
@@ -108,7 +114,8 @@ def main() -> None:
     summary = summarise(table)
     pd.set_option("display.width", 200)
     print(f"\nheart label transfer on {table.native.nunique()} phantom pairs "
-          f"({int(table.drop_duplicates('native').heart_complete.sum())} with the whole heart in both scans); "
+          f"({int(table.drop_duplicates('native').heart_complete.sum())} with the whole heart in both scans; "
+          f"{len(failed)} more could not be transferred); "
           "mean Dice per class against the native truth:")
     print(summary.round(3).to_string(index=False))
     best = summary[(summary.method == "rigid + deformable" if cfg.registration.deformable.enabled else
@@ -124,7 +131,7 @@ def main() -> None:
           f"{best.min_class_dice - header.min_class_dice:+.3f} Dice on the worst class")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"pairs": rows, "summary": summary.to_dict(orient="records")}, indent=1,
+        args.out.write_text(json.dumps({"pairs": rows, "failed": failed, "summary": summary.to_dict(orient="records")}, indent=1,
                                        default=float) + "\n")
 
 

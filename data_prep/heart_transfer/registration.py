@@ -87,8 +87,19 @@ class RegistrationResult:
     deformable_seconds: float
 
 
-def _method(cfg: DictConfig, seed: int, mask: sitk.Image | None, stage: DictConfig | None = None
-            ) -> sitk.ImageRegistrationMethod:
+MIN_LEVEL_VOXELS = 8  # a resolution level must keep this many voxels along the region's shortest axis
+
+
+def levels(stage: DictConfig, region_size: tuple[int, ...]) -> tuple[list[int], list[float]]:
+    """The stage's (shrink factors, smoothing sigmas) without the levels too coarse for a small region
+    (a heart cut by the scan's edge spans a few slices); the finest level always stays."""
+    pairs = list(zip((int(f) for f in stage.shrink_factors), (float(s) for s in stage.smoothing_sigmas_mm)))
+    kept = [p for p in pairs[:-1] if min(region_size) // p[0] >= MIN_LEVEL_VOXELS] + pairs[-1:]
+    return [f for f, _ in kept], [s for _, s in kept]
+
+
+def _method(cfg: DictConfig, seed: int, mask: sitk.Image | None, stage: DictConfig | None = None,
+            region_size: tuple[int, ...] = ()) -> sitk.ImageRegistrationMethod:
     """Seeded Mattes mutual information inside ``mask``; with ``stage``, its resolution levels."""
     method = sitk.ImageRegistrationMethod()
     if mask is not None:
@@ -98,8 +109,9 @@ def _method(cfg: DictConfig, seed: int, mask: sitk.Image | None, stage: DictConf
     method.SetMetricSamplingPercentage(float(cfg.sampling_percentage), seed)
     method.SetInterpolator(sitk.sitkLinear)
     if stage is not None:
-        method.SetShrinkFactorsPerLevel([int(s) for s in stage.shrink_factors])
-        method.SetSmoothingSigmasPerLevel([float(s) for s in stage.smoothing_sigmas_mm])
+        shrink, sigmas = levels(stage, region_size)
+        method.SetShrinkFactorsPerLevel(shrink)
+        method.SetSmoothingSigmasPerLevel(sigmas)
         method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     return method
 
@@ -130,7 +142,7 @@ def register(native: sitk.Image, contrast: sitk.Image, cfg: DictConfig,
     metric_start = _metric_at(fixed, moving, rigid, cfg, seed, contrast_mask)
 
     start = time.perf_counter()
-    method = _method(cfg, seed, contrast_mask, cfg.rigid)
+    method = _method(cfg, seed, contrast_mask, cfg.rigid, fixed.GetSize())
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=float(cfg.rigid.learning_rate), minStep=float(cfg.rigid.min_step),
         numberOfIterations=int(cfg.rigid.iterations), relaxationFactor=0.5)
@@ -155,7 +167,7 @@ def register(native: sitk.Image, contrast: sitk.Image, cfg: DictConfig,
         physical = np.array(fixed.GetSize()) * np.array(fixed.GetSpacing())
         mesh = [max(1, int(round(extent / float(cfg.deformable.grid_spacing_mm)))) for extent in physical]
         bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
-        method = _method(cfg, seed, contrast_mask, cfg.deformable)
+        method = _method(cfg, seed, contrast_mask, cfg.deformable, fixed.GetSize())
         method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=int(cfg.deformable.iterations),
                                     maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=1000,
                                     costFunctionConvergenceFactor=1e7)
