@@ -81,9 +81,7 @@ def write_start_map(prediction: HeartPrediction, image: Path, out: Path) -> bool
     if heart is None:
         return False
     start = sitk.GetImageFromArray(with_heart(np.zeros_like(heart.array), heart.array))
-    start.SetSpacing(geometry.spacing)
-    start.SetOrigin(geometry.origin)
-    start.SetDirection(geometry.direction)
+    start.CopyInformation(heart.image)  # the image's grid: checked above
     write_image(start, out)
     return True
 
