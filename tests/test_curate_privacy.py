@@ -33,7 +33,10 @@ def readable_bytes(path: Path) -> bytes:
     """The file's bytes as written, plus what compression hides: gunzipped NIfTI, parquet as text."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        raw += gzip.decompress(raw)
+        # Text lives in the gzip header's name / comment fields and in the decompressed data; the deflate
+        # stream itself is searched no further, since its random bytes matched a 4-letter first name once.
+        named = raw[3] & 0x18  # FNAME | FCOMMENT
+        raw = raw[: 10 + (1024 if named else 0)] + gzip.decompress(raw)
     if path.suffix == ".parquet":
         raw += pd.read_parquet(io.BytesIO(raw)).to_csv(index=False).encode()
     return raw

@@ -142,9 +142,9 @@ def test_stage_transfers_every_phantom_pair(transferred):
         assert scores
         assert (out / "qa" / "subjects" / f"{row.native_subject_id}.png").read_bytes()[:4] == b"\x89PNG"
         if row.status == "flagged":
-            # The phantom's abdominal pair shows only the heart's lowest slices (5 mm): too little to register on.
-            # QC sees it (worse metric, bone misaligned) and holds it back.
-            assert not whole_heart and row.bone_dice_after < row.bone_dice_before, row.flag_reason
+            # The phantom's abdominal pair shows only the heart's lowest slices (5 mm): QC sees the heart cut by
+            # the scan's edge and its chambers' volumes changed, and holds the pair back.
+            assert not whole_heart and "first or last slice" in row.flag_reason, row.flag_reason
             continue
         assert whole_heart
         assert min(s for s, _ in scores.values()) >= 0.90, scores
