@@ -92,6 +92,17 @@ def test_the_policy_gives_uint8_v1_ids(workspace):
         _assert_rejected(str(err.value), _label(workspace, kind), kind)
 
 
+
+def test_the_voxels_of_a_label_map_outlive_the_label_map_object(workspace):
+    import gc
+
+    arrays = [read_label_map(_label(workspace, kind)).array for kind in ACCEPTED]  # the LabelMaps are gone
+    gc.collect()
+    [np.zeros(SHAPE_ZYX, np.uint8) + 7 for _ in range(20)]  # reuse freed memory, were it freed
+    for array in arrays:
+        assert np.array_equal(array, _labels())
+        assert not array.flags.writeable
+
 # Export: one row per subject with its status and message.
 
 def _export(ws: Path, subject_id: str) -> tuple[str, str, str]:

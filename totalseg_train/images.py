@@ -149,6 +149,20 @@ def _last_line(err: RuntimeError) -> str:
     return str(err).strip().splitlines()[-1]
 
 
+class _PinnedVoxels:
+    """Exposes an image's voxel buffer to NumPy and keeps the image alive: an array made from it holds this
+    object as its base (a bare ``GetArrayViewFromImage`` view dangles once its image is freed)."""
+
+    def __init__(self, image: sitk.Image) -> None:
+        self.image = image
+        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
+
+
+def voxel_view(image: sitk.Image) -> np.ndarray:
+    """A read-only (z, y, x) view of ``image``'s voxels, without a copy, valid for as long as the view lives."""
+    return np.asarray(_PinnedVoxels(image))
+
+
 def write_image(image: sitk.Image, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from totalseg_train import classes
-from totalseg_train.images import ImageFileError, read_image
+from totalseg_train.images import ImageFileError, read_image, voxel_view
 
 LABELS_VERSIONS = ("v1", "v2")
 _SHOWN = 20  # bad values listed in a message
@@ -28,7 +28,7 @@ class LabelFileError(ImageFileError):
 
 @dataclass(frozen=True)
 class LabelMap:
-    """A uint8 label image of v1 ids and a NumPy view (z, y, x) of its voxels, valid while the image lives."""
+    """A uint8 label image of v1 ids and a read-only NumPy view (z, y, x) of its voxels (``images.voxel_view``)."""
 
     image: sitk.Image
     array: np.ndarray
@@ -105,4 +105,4 @@ def read_label_map(path: str | Path, verify_data: bool = False, labels_version: 
         converted = sitk.GetImageFromArray(labels)
         converted.CopyInformation(image)
         image = converted
-    return LabelMap(image, sitk.GetArrayViewFromImage(image), path)
+    return LabelMap(image, voxel_view(image), path)

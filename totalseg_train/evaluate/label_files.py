@@ -10,7 +10,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from totalseg_train.evaluate.scores import score_pair
-from totalseg_train.images import Geometry
+from totalseg_train.images import Geometry, voxel_view
 from totalseg_train.label_maps import LabelFileError, LabelMap, read_label_map
 
 
@@ -23,7 +23,7 @@ def resample_like(labels: LabelMap, reference: LabelMap) -> LabelMap:
     """``labels`` resampled onto the grid of ``reference`` with nearest neighbour."""
     image = sitk.Resample(labels.image, reference.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                           labels.image.GetPixelID())
-    return LabelMap(image, sitk.GetArrayViewFromImage(image), labels.path)
+    return LabelMap(image, voxel_view(image), labels.path)
 
 
 def aligned_prediction(gt: LabelMap, pred: LabelMap, resample: bool) -> LabelMap:
