@@ -6,7 +6,7 @@ of the same class in the later v2 ``total`` map. Other modules ask this one; non
 keeps a class list of its own.
 
 A model is trained on one of the high-resolution parts (``PARTS``, the table's ``part`` column) or on
-a subset that a column of the table selects (``SUBSETS``: the heart sub-parts); both are "parts" to
+a subset that a column of the table selects (``SUBSETS``: the heart sub-parts, the 13 BTCV classes); both are "parts" to
 the training engine (``model_parts``, ``part_classes``).
 """
 
@@ -154,9 +154,10 @@ def ribs(side: str) -> list[AnatomicalClass]:
 
 
 # Class subsets a model can train on like a part, each selected by a column of the class table; a
-# subset is one line here (e.g. "btcv": btcv_classes for the 13 BTCV organs).
+# subset is one line here.
 SUBSETS: dict[str, Callable[[], list[AnatomicalClass]]] = {
     "heart": heart_subparts,
+    "btcv": btcv_classes,
 }
 
 

@@ -18,13 +18,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from totalseg_train.atomic import write_text
-from totalseg_train.engine.cohort import load_cohort
+from totalseg_train.engine.cohort import load_cohort, read_subjects
 from totalseg_train.engine.datasets import PartDataset, part_datasets, selected_datasets
 from totalseg_train.engine.environment import configure_nnunet, nnunet_folders
 from totalseg_train.engine.export import export_dataset, exported_subjects
 from totalseg_train.engine.inference import predict
 from totalseg_train.engine.model import PartModel, TrainedModel, load_model, model_dir, write_manifest
 from totalseg_train.engine.planning import Plan, plan_and_preprocess
+from totalseg_train.engine.selection import restrict_split, select_subjects
 from totalseg_train.engine.split import Split, SplitSettings, load_or_create_split
 from totalseg_train.engine.training import FINAL_CHECKPOINT, fold_folder, is_trained, model_folder, train_part
 from totalseg_train.engine.wandb_log import add_to_nnunet_run
@@ -36,9 +37,14 @@ PREDICTIONS = "predictions"
 
 
 def make_split(cfg: DictConfig, subject_ids: list[str] | None = None) -> Split:
-    """The stored split of the cohort (subjects with a label, or the given ones), drawn on first use."""
+    """The stored split of the cohort (subjects with a label, or the given ones), drawn on first use; with
+    ``subjects.where`` only the selected subjects train and validate (``selection``), the test split stays."""
     cohort = load_cohort(cfg.subjects_csv, cfg.images_dir, cfg.labels_dir, subject_ids)
     split = load_or_create_split(cfg.split.file, cohort, SplitSettings.from_config(cfg.split))
+    where = cfg.subjects.where
+    if where:
+        selected = select_subjects(read_subjects(cfg.subjects_csv), where, cfg.subjects_csv)
+        split = restrict_split(split, cohort, selected, cfg.subjects.split_file, where)
     log.info("split %s: %s", cfg.split.file, split.counts())
     return split
 
@@ -116,8 +122,10 @@ def predictions_outdated(predictions: Path, trained: TrainedModel) -> bool:
     return min(f.stat().st_mtime_ns for f in files) < trained.trained_ns()
 
 
-def evaluate_test_split(cfg: DictConfig, predictions: Path, out_dir: Path, subjects: list[str]) -> dict | None:
-    """The evaluation hook: score the test predictions against their labels, when evaluation is installed."""
+def evaluate_test_split(cfg: DictConfig, predictions: Path, out_dir: Path, subjects: list[str],
+                        class_ids: list[int] | None = None) -> dict | None:
+    """The evaluation hook: score the test predictions against their labels, when evaluation is installed;
+    ``class_ids``: the classes the model segments (a class subset such as narrow's 13 is scored on those)."""
     if importlib.util.find_spec("totalseg_train.evaluate") is None:
         log.warning("totalseg_train.evaluate is not available: the test predictions are not scored")
         return None
@@ -129,7 +137,8 @@ def evaluate_test_split(cfg: DictConfig, predictions: Path, out_dir: Path, subje
     tolerance = cfg.evaluation.tolerance_mm
     evaluation = evaluate_folders(cfg.labels_dir, predictions, out_dir,
                                   tolerance_mm=None if tolerance is None else float(tolerance),
-                                  workers=int(cfg.workers), subjects=list(subjects), progress=False)
+                                  workers=int(cfg.workers), subjects=list(subjects), progress=False,
+                                  class_ids=class_ids)
     # Native and contrast subjects apart: a model trained on both should not be worse on native scans.
     evaluation["by_contrast"] = write_scores_by_contrast(out_dir / SCORES_FILE, cfg.subjects_csv,
                                                          BootstrapSettings(**evaluation["bootstrap"]))
@@ -184,7 +193,7 @@ def run(cfg: DictConfig) -> dict:
         predict(cfg, [nifti_path(cfg.images_dir, s) for s in split.test], predictions,
                 overwrite=predictions_outdated(predictions, trained))
         summary["predictions"] = {"dir": str(predictions), "n": len(split.test)}
-        summary["evaluation"] = evaluate_test_split(cfg, predictions, results, list(split.test))
+        summary["evaluation"] = evaluate_test_split(cfg, predictions, results, list(split.test), trained.class_ids())
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)
     summary = json_safe(summary)
     write_text(results / SUMMARY, json.dumps(summary, indent=1, default=str) + "\n")

@@ -97,8 +97,11 @@ def evaluate_folders(
     resample: bool | None = None,
     bootstrap: BootstrapSettings | None = None,
     progress: bool = True,
+    class_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Score every subject (default: every ground-truth file) and write scores.parquet and summary.json.
+
+    ``class_ids``: score only these v1 classes (a model trained on a subset of the classes); default all.
 
     Settings left as None come from configs/evaluate.yaml. A subject without a prediction file is
     reported as missing and scored 0 for its classes; a subject whose files cannot be compared
@@ -121,6 +124,8 @@ def evaluate_folders(
     results = _score_all(subject_ids, gt_dir, pred_dir, tolerance_mm, resample, workers, progress)
     scored = [r.scores for r in results if r.scores is not None]
     scores = pd.concat(scored, ignore_index=True) if scored else _empty_scores()
+    if class_ids is not None:
+        scores = scores[scores["class_id"].isin([int(c) for c in class_ids])].reset_index(drop=True)
     failed = {r.subject_id: r.error for r in results if r.error is not None}
     missing = sorted(scores.loc[scores["prediction_missing"], "subject_id"].unique())
     for subject_id, error in failed.items():
