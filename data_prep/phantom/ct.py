@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from totalseg_train import classes
@@ -66,8 +68,10 @@ def _tissue_of(name: str) -> str:
     return name
 
 
-def tissue_lut(phase: str, age: float) -> np.ndarray:
-    """HU for every class id (index 0 unused), given the contrast phase and the patient's age."""
+def tissue_lut(phase: str, age: float, offsets: Mapping[str, float] | None = None) -> np.ndarray:
+    """HU for every class id (index 0 unused), given the contrast phase and the patient's age.
+
+    ``offsets``: HU added to named classes (the planted age effects, ``AgeEffects.hu_offsets``)."""
     if phase not in PHASES:
         raise ValueError(f"unknown contrast phase {phase!r}; phases are {PHASES}")
     k = PHASES.index(phase)
@@ -84,6 +88,8 @@ def tissue_lut(phase: str, age: float) -> np.ndarray:
             lut[cls.id] = _ENHANCING[tissue][k]
         else:
             lut[cls.id] = _STATIC[tissue]
+    for name, offset in (offsets or {}).items():
+        lut[classes.id_of(name)] += offset
     return lut
 
 

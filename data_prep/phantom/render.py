@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.phantom import anatomy, ct
+from data_prep.phantom.age_effects import AgeEffects
 from data_prep.phantom.dicom_writer import uid, write_series
 from data_prep.phantom.plan import ELIGIBLE_KINDS, EXPECTED_EXCLUSION, EXTREMITY_EXTENTS, SCANNERS, SITES, ExamPlan
 from data_prep.phantom.shapes import (DeformedMotion, Ellipsoid, Grid, Motion, PlateauBump, RigidMotion,
@@ -95,6 +96,11 @@ def _pathology_mask(exam: ExamPlan, structures, labels: np.ndarray, grid: Grid, 
     mask = np.zeros(grid.shape, dtype=np.uint8)
     paint(mask, grid, sphere, 1, motion)
     return (mask > 0) & (labels == classes.id_of(target))
+
+
+def _lesion_hu(exam: ExamPlan, lut: np.ndarray) -> float:
+    """A cyst holds water; a tumour is darker than the liver around it."""
+    return 5.0 if "cyst" in exam.pathology else float(lut[classes.id_of("liver")] - 45)
 
 
 def _motion(exam: ExamPlan, grid: Grid, heart: Ellipsoid) -> Motion | None:
@@ -191,12 +197,34 @@ def _expected(exam: ExamPlan, kind: str) -> str:
     return "included"
 
 
-def render_exam(exam: ExamPlan, cfg, out: Path) -> list[dict]:
-    """Write every series of ``exam`` (DICOM and truth) under ``out``; returns one index row per series."""
+def exam_structures(exam: ExamPlan, cfg) -> tuple[list[tuple[str, object]], set[str]]:
+    """The patient's structures at the exam's age (planted age effects applied) and the classes a
+    resection removed."""
     rng_anatomy = np.random.default_rng(exam.anatomy_seed)
     structures = anatomy.structures(exam.body, rng_anatomy, float(cfg.jitter_mm), float(cfg.size_jitter))
-    heart = anatomy.heart_ellipsoid(structures)
+    structures = AgeEffects.from_config(cfg).apply(structures, exam.age)
     skip = {_PATHOLOGY_TARGET[exam.pathology]} if exam.pathology and exam.pathology.startswith("resected") else set()
+    return structures, skip
+
+
+def ct_volume(exam: ExamPlan, cfg, grid: Grid, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, HU) of the exam's main series drawn on ``grid`` without DICOM: soft kernel, no motion."""
+    structures, skip = exam_structures(exam, cfg)
+    labels = rasterize(structures, grid, None, skip)
+    skin, inner = body_masks(exam.body, grid, None)
+    lesion = _pathology_mask(exam, structures, labels, grid, None)
+    lut = ct.tissue_lut(exam.phase, exam.age, AgeEffects.from_config(cfg).hu_offsets(exam.age))
+    lesion_hu = None if lesion is None else _lesion_hu(exam, lut)
+    hu = ct.synthesize(labels, skin, inner, lut, ct.noise_sigma(exam.kvp, "soft", exam.body.width_scale),
+                       np.random.default_rng(seed), lesion=lesion, lesion_hu=lesion_hu)
+    return labels, hu
+
+
+def render_exam(exam: ExamPlan, cfg, out: Path) -> list[dict]:
+    """Write every series of ``exam`` (DICOM and truth) under ``out``; returns one index row per series."""
+    structures, skip = exam_structures(exam, cfg)
+    heart = anatomy.heart_ellipsoid(structures)
+    hu_offsets = AgeEffects.from_config(cfg).hu_offsets(exam.age)
     study_uid = uid(cfg.seed, exam.exam_id, "study")
     frame_uid = uid(cfg.seed, exam.exam_id, "frame")
     spacing = float(cfg.pixel_spacing_mm)
@@ -217,7 +245,7 @@ def render_exam(exam: ExamPlan, cfg, out: Path) -> list[dict]:
         truth_file = ""
         motion = None
         if s.kind in ("scout", "mr"):
-            pixels, positions, orientation, pix = _projection_or_mr(exam, s.kind, structures, skip, rng)
+            pixels, positions, orientation, pix = _projection_or_mr(exam, s.kind, structures, skip, rng, hu_offsets)
         else:
             grid, motion = _series_grid(exam, s, main_grid, spacing, heart)
             key = (grid, motion is not None)
@@ -226,8 +254,8 @@ def render_exam(exam: ExamPlan, cfg, out: Path) -> list[dict]:
                 cache[key] = (labels, *body_masks(exam.body, grid, motion), _pathology_mask(exam, structures, labels,
                                                                                              grid, motion))
             labels, skin, inner, lesion = cache[key]
-            hu_lut = ct.tissue_lut(s.phase, exam.age)
-            lesion_hu = None if lesion is None else (5.0 if "cyst" in exam.pathology else hu_lut[classes.id_of("liver")] - 45)
+            hu_lut = ct.tissue_lut(s.phase, exam.age, hu_offsets)
+            lesion_hu = None if lesion is None else _lesion_hu(exam, hu_lut)
             pixels = ct.synthesize(labels, skin, inner, hu_lut, ct.noise_sigma(exam.kvp, s.kernel_type,
                                                                              exam.body.width_scale), rng,
                                    lesion=lesion, lesion_hu=lesion_hu)
@@ -316,13 +344,13 @@ def _series_grid(exam: ExamPlan, s, main_grid: Grid, spacing: float, heart: Elli
     return main_grid, None
 
 
-def _projection_or_mr(exam: ExamPlan, kind: str, structures, skip, rng: np.random.Generator):
+def _projection_or_mr(exam: ExamPlan, kind: str, structures, skip, rng: np.random.Generator, hu_offsets: dict):
     """A coronal localizer (a projection through a coarse rendering) or a small MR stack."""
     coarse = exam_grid(exam, 8.0, 8.0)
     if kind == "scout":
         labels = rasterize(structures, coarse, None, skip)
         skin, inner = body_masks(exam.body, coarse, None)
-        hu = ct.synthesize(labels, skin, inner, ct.tissue_lut("native", exam.age), 0.0, rng)
+        hu = ct.synthesize(labels, skin, inner, ct.tissue_lut("native", exam.age, hu_offsets), 0.0, rng)
         attenuation = (hu.astype(np.float32) + 1000.0).mean(axis=1)  # [z, x]
         image = (attenuation[::-1] * 2.0).astype(np.int16)[None]  # rows run head to feet
         top = coarse.origin[2] + coarse.spacing[2] * (coarse.shape[0] - 1)

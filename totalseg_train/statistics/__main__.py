@@ -1,0 +1,26 @@
+"""python -m totalseg_train.statistics [labels_dir=DIR images_dir=DIR | model=<results>/<exp>] [shard=i/n]"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from totalseg_train.statistics.stage import ERROR, STATISTICS_FILE, run
+
+
+@hydra.main(config_path="../../configs", config_name="statistics", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    report = run(cfg)
+    counts = report.status.value_counts()
+    print(f"statistics of {len(report)} subject(s): {int(counts.get('measured', 0))} measured, "
+          f"{int(counts.get('reused', 0))} done before, {int(counts.get(ERROR, 0))} not measured (see run table)")
+    if cfg.shard:
+        print(f"shard {cfg.shard} done; run without shard= to gather {cfg.out}/{STATISTICS_FILE}")
+    else:
+        print(f"  {cfg.out}/{STATISTICS_FILE}")
+    if counts.get(ERROR, 0) == len(report) and len(report):
+        raise SystemExit("no subject could be measured")
+
+
+if __name__ == "__main__":
+    main()
