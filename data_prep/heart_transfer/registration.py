@@ -12,6 +12,7 @@ match), then an optional B-spline stage for breathing and heart position.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 
@@ -124,6 +125,16 @@ def _metric_at(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
     return float(method.MetricEvaluate(fixed, moving))
 
 
+def _failure(err: RuntimeError) -> str:
+    """ITK's exception as a reason: its message without the file, class and address it starts with."""
+    message = str(err).strip().splitlines()[-1]
+    message = re.sub(r"^ITK ERROR: \w+(<[^>]*>)?\(0x[0-9a-f]+\): ", "", message)
+    if "map outside moving image buffer" in message:
+        # The optimizer stepped the native region off the contrast region: it ran away from the start.
+        return "diverged: the native region left the contrast scan's region (" + message.split(". ")[0] + ")"
+    return f"failed ({message})"
+
+
 def register(native: sitk.Image, contrast: sitk.Image, cfg: DictConfig,
              contrast_mask: sitk.Image | None = None) -> RegistrationResult:
     """Register ``native`` (fixed) to ``contrast`` (moving); both already cropped to the heart's region.
@@ -151,7 +162,7 @@ def register(native: sitk.Image, contrast: sitk.Image, cfg: DictConfig,
     try:
         method.Execute(fixed, moving)
     except RuntimeError as err:
-        raise RegistrationError(f"rigid registration failed ({str(err).strip().splitlines()[-1]})") from None
+        raise RegistrationError(f"rigid registration {_failure(err)}") from None
     rigid_seconds = time.perf_counter() - start
     params = rigid.GetParameters()
     if not all(math.isfinite(v) for v in params):
@@ -170,13 +181,15 @@ def register(native: sitk.Image, contrast: sitk.Image, cfg: DictConfig,
         method = _method(cfg, seed, contrast_mask, cfg.deformable, fixed.GetSize())
         method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=int(cfg.deformable.iterations),
                                     maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=1000,
-                                    costFunctionConvergenceFactor=1e7)
+                                    costFunctionConvergenceFactor=1e7,
+                                    lowerBound=-float(cfg.deformable.max_displacement_mm),
+                                    upperBound=float(cfg.deformable.max_displacement_mm))
         method.SetMovingInitialTransform(rigid)
         method.SetInitialTransform(bspline, inPlace=True)
         try:
             method.Execute(fixed, moving)
         except RuntimeError as err:
-            raise RegistrationError(f"deformable registration failed ({str(err).strip().splitlines()[-1]})") from None
+            raise RegistrationError(f"deformable registration {_failure(err)}") from None
         if not np.all(np.isfinite(bspline.GetParameters())):
             raise RegistrationError("deformable registration diverged (non-finite parameters)")
         # Applied last-added first: the B-spline moves a native point, then the rigid motion.
