@@ -1,0 +1,1 @@
+"""The aging study: how structure volume and attenuation change with age (README "Aging study")."""
