@@ -77,7 +77,7 @@ def generate_study(cfg: DictConfig, progress: bool = True) -> pd.DataFrame:
 
 @hydra.main(config_path="../../configs", config_name="phantom_study", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    table = generate_study(cfg)
+    table = generate_study(cfg, progress=bool(cfg.progress))
     print(f"phantom study cohort of {len(table)} subjects in {cfg.out}: images/, labels/, {SUBJECTS}")
 
 
