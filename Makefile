@@ -18,7 +18,7 @@ HEART_LABELS ?= $(WORKSPACE)/truth_labels
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .DEFAULT_GOAL := help
-.PHONY: bootstrap-round help setup system-deps test demo heart phantom clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train bench-heart
+.PHONY: bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -27,6 +27,10 @@ $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# pip warns about every local index folder it does not find; keep real messages only.
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]' 2> >(grep -v 'is ignored: it is neither' >&2)
+	@# PyRadiomics (the statistics' optional radiomics features) ships as source only and builds against the
+	@# installed numpy; its build needs versioneer (pyproject.toml's radiomics extra says which versions).
+	$(PY) -m pip install --quiet --disable-pip-version-check versioneer && \
+	  $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation 'pyradiomics==3.0.1'
 	@touch $@
 
 system-deps: ## Install the Debian packages for headless rendering and the browser test (as root), or say which are missing
@@ -68,6 +72,8 @@ demo: setup ## The whole pipeline on a phantom cohort in $(WORKSPACE): curation,
 	@cat $(WORKSPACE)/reports/bootstrap_rounds.md
 	@echo "== the final model, trained on the bootstrap's final labels =="
 	$(PY) -m totalseg_train +experiment=tiny paths.workspace=$(WORKSPACE) device=cpu
+	$(PY) -m totalseg_train.report paths.workspace=$(WORKSPACE)
+	@echo "paper tables: $(WORKSPACE)/reports/paper/index.html"
 
 heart: setup ## Heart sub-parts on a demo workspace (after make demo): label transfer, the heart_tiny model, applied to every subject
 	@test -f $(WORKSPACE)/curated/subjects.csv -a -d $(HEART_LABELS) || \
@@ -76,6 +82,9 @@ heart: setup ## Heart sub-parts on a demo workspace (after make demo): label tra
 	$(PY) -m totalseg_train +experiment=heart_tiny paths.workspace=$(WORKSPACE)
 	$(PY) -m data_prep.heart_transfer.apply paths.workspace=$(WORKSPACE) model=$(WORKSPACE)/results/heart_tiny device=cpu
 	@echo "heart sub-parts of every subject: $(WORKSPACE)/heart/predicted (the bootstrap loop's start maps and rounds use them)"
+
+tables: setup ## The paper's tables and figures from the runs in $(WORKSPACE), beside the published values: reports/paper/index.html (reads only)
+	$(PY) -m totalseg_train.report paths.workspace=$(WORKSPACE)
 
 bench-phantom: setup ## Time the generation of 30 phantom subjects at 3 mm
 	@d=$$(mktemp -d); $(PY) -m data_prep.phantom paths.workspace=$$d n_subjects=30 workers=2; rm -rf $$d
@@ -110,3 +119,23 @@ bench-heart: setup ## Heart label transfer on 40 phantom patients (3 mm): Dice p
 	$(PY) -m data_prep.curate paths.workspace=$$d progress=false >/dev/null && \
 	$(PY) -m data_prep.phantom.truth_labels paths.workspace=$$d >/dev/null && \
 	$(PY) -m data_prep.heart_transfer.bench --workspace $$d --out $(CURDIR)/workspace/bench_heart.json
+
+bench-predict: setup ## Every trained model of $(WORKSPACE) predicts its smallest, median and largest CT: time, peak RAM and GPU memory beside the paper's
+	$(PY) -m totalseg_train.runtime paths.workspace=$(WORKSPACE)
+
+AGING_WORKSPACE ?= $(CURDIR)/workspace/aging_demo
+AGING_SUBJECTS ?= 300
+AGING_STUDY := $(AGING_WORKSPACE)/phantom_study
+aging-demo: setup ## Aging study on a phantom cohort with planted age effects: cohort -> statistics -> figures (~3 min)
+	$(PY) -m data_prep.phantom.study paths.workspace=$(AGING_WORKSPACE) n_subjects=$(AGING_SUBJECTS)
+	$(PY) -m totalseg_train.statistics paths.workspace=$(AGING_WORKSPACE) labels_dir=$(AGING_STUDY)/labels \
+	  images_dir=$(AGING_STUDY)/images subjects_csv=$(AGING_STUDY)/subjects.csv
+	$(PY) -m totalseg_train.aging paths.workspace=$(AGING_WORKSPACE) by_sex=true
+	@echo "figures and tables: $(AGING_WORKSPACE)/reports/aging/"
+
+bench-statistics: setup ## One 104-class 1.5 mm whole-body subject: one-pass statistics vs the per-class loop, cohort estimate (~5 min)
+	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
+	$(PY) -m data_prep.phantom.study paths.workspace=$$d out=$$d/study n_subjects=1 pixel_spacing_mm=1.5 thickness_mm=1.5 \
+	  workers=1 progress=false >/dev/null && \
+	$(PY) -m totalseg_train.statistics.bench --labels $$d/study/labels/study0000.nii.gz \
+	  --image $$d/study/images/study0000.nii.gz --out $(CURDIR)/workspace/bench_statistics.json

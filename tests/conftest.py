@@ -20,6 +20,29 @@ def shared_dir() -> Path:
     return SHARED
 
 
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture()
+def browser(tmp_path):
+    """Headless Chromium driven by selenium (the review page's and the paper report's tests)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for error checks
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
 @pytest.fixture(scope="session")
 def phantom_cohort(tmp_path_factory) -> Path:
     """A small phantom cohort (8 patients: every fixed role once) in a fresh workspace; returns raw/."""
@@ -62,6 +85,61 @@ def coarse_cohort():
 
 
 @pytest.fixture(scope="session")
+def workspace(tmp_path_factory, coarse_cohort) -> Path:
+    """The 8-patient phantom cohort at 6 mm in-plane and 5 mm slices, curated, with the phantom's truth as
+    labels. The training labels (``train_labels/``) hold four subjects of three patients: both exams of one
+    two-exam patient and one exam of two others; the 597-slice whole-body scan is left out to keep
+    predictions fast. The tiny models of ``tiny_run`` and ``tiny_parts_run`` are trained here."""
+    import shutil
+
+    ws = coarse_cohort(tmp_path_factory.mktemp("train_ws"), 8)
+    subjects = pd.read_csv(ws / "curated" / "subjects.csv", dtype=str)
+    subjects = subjects[subjects.n_slices.astype(int) < 300]
+    exams = subjects.groupby("patient").subject_id.apply(sorted)
+    pair = exams[exams.map(len) == 2].index[0]
+    chosen = list(exams[pair]) + [ids[0] for patient, ids in exams.items() if patient != pair][:2]
+    (ws / "train_labels").mkdir()
+    for sid in chosen:
+        shutil.copy(ws / "truth_labels" / f"{sid}.nii.gz", ws / "train_labels" / f"{sid}.nii.gz")
+    return ws
+
+
+def train_overrides(ws: Path, experiment: str = "tiny") -> list[str]:
+    """A tiny experiment on ``workspace``'s training labels: one process, one thread (steady on a CPU shared
+    with other jobs, no worker start-up to wait for), two short epochs: the tests check mechanics, not what
+    the network learns."""
+    return [f"+experiment={experiment}", f"paths.workspace={ws}", f"labels_dir={ws / 'train_labels'}", "workers=1",
+            "data_workers=0", "torch_threads=1", "model.epochs=2", "model.iterations_per_epoch=10", "model.seed=0"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(workspace) -> Path:
+    """``python -m totalseg_train +experiment=tiny`` with wandb offline, as a user runs it."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "totalseg_train", *train_overrides(workspace), "logger=wandb"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert "tiny: train 2, validation 1, test 1" in run.stdout
+    return workspace
+
+
+@pytest.fixture(scope="session")
+def tiny_parts_run(tiny_run) -> Path:
+    """``python -m totalseg_train +experiment=tiny_parts`` (tiny as two part models, organs and cardiac) in
+    ``tiny_run``'s workspace: the same split, so both models are scored on the same test subject."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "totalseg_train", *train_overrides(tiny_run, "tiny_parts"),
+                          "model.final_validation=false"], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert "tiny_parts: train 2, validation 1, test 1" in run.stdout
+    return tiny_run
+
+
+@pytest.fixture(scope="session")
 def curated_workspace(phantom_cohort) -> Path:
     """The phantom cohort curated by ``python -m data_prep.curate`` (a real run, Hydra logs included) and its
     truth labels exported; returns the workspace (raw/, curated/, private/, reports/, truth_labels/, logs/)."""
@@ -79,34 +157,32 @@ def curated_workspace(phantom_cohort) -> Path:
     return workspace
 
 
-def heart_labels_from_truth(workspace: Path) -> list[str]:
-    """``${paths.heart}/labels`` as ``python -m data_prep.heart_transfer`` writes it when ``labels_dir`` holds the
-    pairs' contrast subjects, from the phantom's exact truth (a perfect transfer): for both subjects of every
-    contrast/native pair, the six heart sub-part classes. Returns the subjects."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    from totalseg_train.heart_predictions import heart_class_ids
-    from totalseg_train.images import nifti_path, write_image
-    from totalseg_train.label_maps import read_label_map
+def heart_labels_by_transfer(workspace: Path) -> list[str]:
+    """``${paths.heart}/labels`` from ``python -m data_prep.heart_transfer``, as a user builds it: the contrast
+    subjects of the pairs with their heart drawn (the phantom's truth), the native ones by registration and label
+    transfer (QC holds back pairs whose heart the native scan cuts). Returns the heart cohort's subjects."""
+    import shutil
+    import subprocess
+    import sys
 
     subjects = pd.read_csv(workspace / "curated" / "subjects.csv", dtype=str, keep_default_na=False)
-    contrast = subjects[(subjects.paired_subject_id != "") & (subjects.contrast_phase != "native")]
-    written = []
-    for subject_id in sorted([*contrast.subject_id, *contrast.paired_subject_id]):
-        truth = read_label_map(nifti_path(workspace / "truth_labels", subject_id))
-        heart = sitk.GetImageFromArray(np.where(np.isin(truth.array, heart_class_ids()), truth.array, 0).astype(np.uint8))
-        heart.CopyInformation(truth.image)
-        write_image(heart, nifti_path(workspace / "heart" / "labels", subject_id))
-        written.append(subject_id)
-    return written
+    contrast = subjects.subject_id[(subjects.paired_subject_id != "") & (subjects.contrast_phase != "native")]
+    drawn = workspace / "contrast_heart_labels"
+    drawn.mkdir()
+    for subject_id in contrast:
+        shutil.copy(workspace / "truth_labels" / f"{subject_id}.nii.gz", drawn / f"{subject_id}.nii.gz")
+    run = subprocess.run([sys.executable, "-m", "data_prep.heart_transfer", f"paths.workspace={workspace}",
+                          f"labels_dir={drawn}", "other_classes=drop", "progress=false"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    return sorted(pd.read_csv(workspace / "heart" / "labels" / "index.csv", dtype=str).subject_id)
 
 
 @pytest.fixture(scope="session")
 def heart_model(tmp_path_factory, coarse_cohort) -> dict:
     """``heart_tiny`` trained once for every heart test, as a user runs it (``python -m totalseg_train
     +experiment=heart_tiny``), on 30 phantom patients at the demo's grid (7 contrast/native pairs) with heart
-    labels from ``heart_labels_from_truth``; no final validation (the test split is scored). Returns the
+    labels from ``heart_labels_by_transfer``; no final validation (the test split is scored). Returns the
     workspace, the heart cohort, the command's output and the fixture's seconds."""
     import subprocess
     import sys
@@ -114,7 +190,7 @@ def heart_model(tmp_path_factory, coarse_cohort) -> dict:
 
     started = time.perf_counter()
     workspace = coarse_cohort(tmp_path_factory.mktemp("heart_ws"), 30)
-    cohort = heart_labels_from_truth(workspace)
+    cohort = heart_labels_by_transfer(workspace)
     run = subprocess.run([sys.executable, "-m", "totalseg_train", "+experiment=heart_tiny", f"paths.workspace={workspace}",
                           "device=cpu", "workers=1", "data_workers=0", "torch_threads=2", "model.seed=0",
                           "model.final_validation=false"], capture_output=True, text=True, cwd=REPO)

@@ -15,9 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -25,8 +23,6 @@ from annotation_loop.review import make_server, read_decisions
 from totalseg_train import classes
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +61,6 @@ def server(qa_dir):
     yield f"http://127.0.0.1:{httpd.server_port}", decisions
     httpd.shutdown()
     httpd.server_close()
-
-
-@pytest.fixture()
-def browser(tmp_path):
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
 
 
 def _cards(driver):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import SimpleITK as sitk
 import torch
 from omegaconf import OmegaConf
@@ -26,43 +25,10 @@ from totalseg_train.engine.environment import nnunet_environment
 from totalseg_train.engine.pipeline import make_split, prepare_part
 from totalseg_train.images import Geometry
 
+from conftest import train_overrides  # tests/ is on sys.path (pytest's rootdir-relative conftest import)
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "nnUNetTrainerTotalSegNoDA__TotalSegPlans__3d_fullres_tiny"
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, coarse_cohort) -> Path:
-    """The 8-patient phantom cohort at 6 mm in-plane and 5 mm slices, curated, with the phantom's truth as
-    labels. The training labels (``train_labels/``) hold four subjects of three patients: both exams of one
-    two-exam patient and one exam of two others; the 597-slice whole-body scan is left out to keep
-    predictions fast."""
-    ws = coarse_cohort(tmp_path_factory.mktemp("train_ws"), 8)
-    subjects = pd.read_csv(ws / "curated" / "subjects.csv", dtype=str)
-    subjects = subjects[subjects.n_slices.astype(int) < 300]
-    exams = subjects.groupby("patient").subject_id.apply(sorted)
-    pair = exams[exams.map(len) == 2].index[0]
-    chosen = list(exams[pair]) + [ids[0] for patient, ids in exams.items() if patient != pair][:2]
-    (ws / "train_labels").mkdir()
-    for sid in chosen:
-        shutil.copy(ws / "truth_labels" / f"{sid}.nii.gz", ws / "train_labels" / f"{sid}.nii.gz")
-    return ws
-
-
-def train_overrides(ws: Path) -> list[str]:
-    # One process, one thread: steady on a CPU shared with other jobs (and no worker start-up to wait for).
-    # Two short epochs: these tests check the mechanics, not what the network learns.
-    return ["+experiment=tiny", f"paths.workspace={ws}", f"labels_dir={ws / 'train_labels'}", "workers=1",
-            "data_workers=0", "torch_threads=1", "model.epochs=2", "model.iterations_per_epoch=10", "model.seed=0"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(workspace) -> Path:
-    """``python -m totalseg_train +experiment=tiny`` with wandb offline, as a user runs it."""
-    run = subprocess.run([sys.executable, "-m", "totalseg_train", *train_overrides(workspace), "logger=wandb"],
-                         capture_output=True, text=True, cwd=REPO)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    assert "tiny: train 2, validation 1, test 1" in run.stdout
-    return workspace
 
 
 def read_split(ws: Path) -> dict:
