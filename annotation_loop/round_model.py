@@ -29,6 +29,7 @@ def train_config(cfg: DictConfig, round_dir: Path, experiment: str, init_from: s
         "split.holdout_test=false",
         # The round's real validation is the annotators' correction of its predictions.
         "model.final_validation=false",
+        f"verbose={cfg.verbose}",
         *([f"model.init_from={init_from}"] if init_from else []),
         *cfg.bootstrap.train_overrides,
     ])

@@ -107,7 +107,8 @@ def apply_heart_model(cfg: DictConfig) -> ApplyResult:
         log.info("heart model %s: subjects %d-%d of %d", model_name, start + 1, start + len(batch), len(todo))
         # overwrite: a file of another model (or an unindexed one from a killed run) is predicted again.
         written = predict(model.directory, [nifti_path(cfg.images_dir, s) for s in batch], out, device=str(cfg.device),
-                          workers=int(cfg.workers), threads=cfg.torch_threads, overwrite=True, progress=bool(cfg.progress))
+                          workers=int(cfg.workers), threads=cfg.torch_threads, overwrite=True, progress=bool(cfg.progress),
+                          verbose=bool(cfg.verbose))
         rows = pd.DataFrame({"subject_id": batch, "model": model_name, "model_trained": stamp,
                              "file": [written[s].name for s in batch]})
         index = pd.concat([index[~index.subject_id.isin(batch)], rows], ignore_index=True)

@@ -19,9 +19,11 @@ import pandas as pd
 import SimpleITK as sitk
 import torch
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from totalseg_train import classes
 from totalseg_train.atomic import TMP_MARK, remove_stale_temporaries, write_table
+from totalseg_train.console import captured, stage_log, terminal
 from totalseg_train.engine.environment import TRAINER_DIR, scoped_environment, torch_device
 from totalseg_train.engine.model import PartModel, TrainedModel, load_model
 from totalseg_train.engine.training import FINAL_CHECKPOINT, FOLD, set_torch_threads
@@ -86,15 +88,16 @@ def collect_images(images: list[str | Path] | str | Path) -> list[Path]:
 
 
 def _predict_part(part: PartModel, images: list[Path], work: Path, tile_step_size: float, device: torch.device,
-                  save_probabilities: bool, uncertainty: bool, workers: int, progress: bool) -> dict[str, pd.DataFrame]:
+                  save_probabilities: bool, uncertainty: bool, workers: int, bar: tqdm) -> dict[str, pd.DataFrame]:
     """nnU-Net's label maps of the part in ``work``; with ``uncertainty`` (and no .npz wanted) also each
     subject's entropy table, from the softmax in memory: writing and reading nnU-Net's compressed .npz
-    of every class took most of the prediction time."""
+    of every class took most of the prediction time. ``bar`` advances by one per image."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    # No bar of nnU-Net's own (sliding-window steps of each image): ours counts images, one bar per stage.
     predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=False,
                                 perform_everything_on_device=device.type == "cuda", device=device,
-                                verbose=False, verbose_preprocessing=False, allow_tqdm=progress)
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     with scoped_environment({"nnUNet_extTrainer": os.environ.get("nnUNet_extTrainer") or str(TRAINER_DIR)}):
         predictor.initialize_from_trained_model_folder(str(part.folder), use_folds=(FOLD,),
                                                        checkpoint_name=FINAL_CHECKPOINT)
@@ -108,12 +111,16 @@ def _predict_part(part: PartModel, images: list[Path], work: Path, tile_step_siz
             labels, probabilities = predictor.predict_single_npy_array(data, properties, None, None, True)
             reader.write_seg(labels, output + NIFTI_SUFFIX, properties)
             tables[subject_id_of(image)] = entropy_by_class(probabilities, labels, part.to_global())
+            bar.update(1)
         return tables
     if workers <= 1:  # in this process: no worker start-up, which dominates for a few images
-        predictor.predict_from_files_sequential(inputs, outputs, save_probabilities=save_probabilities)
+        for one_input, output in zip(inputs, outputs):
+            predictor.predict_from_files_sequential([one_input], [output], save_probabilities=save_probabilities)
+            bar.update(1)
     else:
         predictor.predict_from_files(inputs, outputs, save_probabilities=save_probabilities, overwrite=True,
                                      num_processes_preprocessing=workers, num_processes_segmentation_export=workers)
+        bar.update(len(images))
     return {}
 
 
@@ -154,7 +161,7 @@ def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path, 
 def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Path, out_dir: str | Path,
             save_probabilities: bool = False, device: str | None = None, workers: int | None = None,
             overwrite: bool = False, progress: bool = True, threads: int | None = None,
-            uncertainty: bool = False) -> dict[str, Path]:
+            uncertainty: bool = False, verbose: bool | None = None) -> dict[str, Path]:
     """Predict v1 label maps for the images with a trained model (a config, a model folder or model.json).
 
     Returns subject_id -> label map (``<out_dir>/<subject_id>.nii.gz``, on the image's grid). Subjects
@@ -163,7 +170,9 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
     processes (default: the config's, else 2; 0 or 1: all in this process); ``threads``: torch threads (default: the config's
     torch_threads, else nnU-Net's choice). ``uncertainty``: write ``entropy.csv`` (per subject and predicted
     class: voxels, mean softmax entropy), one subject at a time in memory; ``save_probabilities`` also
-    keeps nnU-Net's .npz softmax files (and computes the table from them).
+    keeps nnU-Net's .npz softmax files (and computes the table from them). ``verbose``: nnU-Net's console
+    output on the console (default: the config's ``verbose``, else false: in a Hydra stage run it goes to the
+    run's ``nnunet.log``; see ``totalseg_train.console``).
     """
     trained = load_model(model)
     untrained = trained.untrained_parts()
@@ -173,6 +182,7 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
     device_name = device or (str(cfg.device) if cfg is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     workers = int(workers if workers is not None else (cfg.workers if cfg is not None else 2))
     threads = threads if threads is not None or cfg is None else cfg.torch_threads
+    verbose = bool(verbose if verbose is not None else (cfg is not None and cfg.get("verbose", False)))
     files = collect_images(images)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -189,10 +199,13 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
     with tempfile.TemporaryDirectory(prefix=f"{TMP_MARK}predict-", dir=out_dir) as tmp:
         work = Path(tmp)
         tables = {}
-        for part in trained.parts:
-            log.info("predicting %d image(s) with the %s part model", len(todo), part.part)
-            tables[part.part] = _predict_part(part, todo, work / part.part, trained.tile_step_size, torch_dev,
-                                              save_probabilities, uncertainty, workers, progress)
+        # The bar opens inside the capture, on the console that terminal() keeps.
+        with captured(stage_log(verbose)), tqdm(total=len(todo) * len(trained.parts), unit="image", file=terminal(),
+                                                desc=f"predicting ({trained.experiment})", disable=not progress) as bar:
+            for part in trained.parts:
+                log.info("predicting %d image(s) with the %s part model", len(todo), part.part)
+                tables[part.part] = _predict_part(part, todo, work / part.part, trained.tile_step_size, torch_dev,
+                                                  save_probabilities, uncertainty, workers, bar)
         entropy = []
         for image in todo:
             _, table = _merge_subject(trained, work, image, out_dir, save_probabilities, tables)

@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from totalseg_train.atomic import write_text
+from totalseg_train.console import captured, stage_log
 from totalseg_train.engine.datasets import PartDataset
 from totalseg_train.engine.environment import nnunet_folders
 from totalseg_train.engine.export import CHANNEL, raw_dataset_dir
@@ -114,16 +115,18 @@ def plan_and_preprocess(dataset: PartDataset, split: Split, cases: list[str], cf
     stored_settings = {k: v for k, v in (stored or {}).items() if k != "preprocessed"}
     unchanged = stored_settings == {k: v for k, v in wanted.items() if k != "preprocessed"} and plan.plans_file.is_file()
     workers = max(1, int(cfg.workers))
+    nnunet_log = stage_log(bool(cfg.verbose))
     if not unchanged:
         stamp_file.unlink(missing_ok=True)
         log.info("planning %s at %s mm", dataset.name, list(cfg.model.spacing_mm))
-        extract_fingerprint_dataset(dataset.dataset_id, num_processes=workers, clean=True, verbose=False,
-                                    show_progress_bar=False)
         # nnU-Net's spacing is in array order (z, y, x); the config's is x, y, z like SimpleITK's.
         spacing_zyx = tuple(float(s) for s in reversed(list(cfg.model.spacing_mm)))
-        plan_experiment_dataset(dataset.dataset_id, ExperimentPlanner,
-                                gpu_memory_target_in_gb=float(cfg.model.gpu_memory_gb),
-                                overwrite_target_spacing=spacing_zyx, overwrite_plans_name=plan.plans_identifier)
+        with captured(nnunet_log):
+            extract_fingerprint_dataset(dataset.dataset_id, num_processes=workers, clean=True, verbose=False,
+                                        show_progress_bar=False)
+            plan_experiment_dataset(dataset.dataset_id, ExperimentPlanner,
+                                    gpu_memory_target_in_gb=float(cfg.model.gpu_memory_gb),
+                                    overwrite_target_spacing=spacing_zyx, overwrite_plans_name=plan.plans_identifier)
     plans = plan.plans()
     overrides = OmegaConf.to_container(cfg.model.plan_overrides, resolve=True) or {}
     plans["configurations"][plan.configuration] = experiment_configuration(
@@ -134,8 +137,9 @@ def plan_and_preprocess(dataset: PartDataset, split: Split, cases: list[str], cf
         log.info("preprocessing %s (%s)", dataset.name, plan.configuration)
         # Ground truth copies of earlier runs may belong to subjects that are not in the dataset any more.
         shutil.rmtree(plan.preprocessed_dir / "gt_segmentations", ignore_errors=True)
-        preprocess_dataset(dataset.dataset_id, plan.plans_identifier, [plan.configuration], [workers],
-                           show_progress_bar=False)
+        with captured(nnunet_log):
+            preprocess_dataset(dataset.dataset_id, plan.plans_identifier, [plan.configuration], [workers],
+                               show_progress_bar=False)
         wanted["preprocessed"] = True
     else:
         wanted["preprocessed"] = bool(unchanged and stored and stored["preprocessed"])

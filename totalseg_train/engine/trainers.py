@@ -17,7 +17,9 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
 )
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
+from totalseg_train.console import terminal
 from totalseg_train.engine.planning import TRAINING_KEY
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -40,6 +42,21 @@ class nnUNetTrainerTotalSeg(nnUNetTrainer):
             raise ValueError(f"optimizer {self.optimizer_name!r} is not one of {', '.join(OPTIMIZERS)}")
         self.initial_checkpoint = settings.get("initial_checkpoint")
         self.final_validation = bool(settings.get("final_validation", True))
+
+    def on_train_start(self):
+        super().on_train_start()
+        # Our one line per training on the console (nnU-Net's own epoch report goes to the stage's log).
+        self.progress = tqdm(total=self.num_epochs, initial=self.current_epoch, unit="epoch", file=terminal(),
+                             desc=f"training {self.plans_manager.dataset_name}", disable=self.local_rank != 0)
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        self.progress.set_postfix(pseudo_dice=f"{self.logger.get_value('ema_fg_dice', step=-1):.3f}", refresh=False)
+        self.progress.update(1)
+
+    def on_train_end(self):
+        self.progress.close()
+        super().on_train_end()
 
     def configure_optimizers(self):
         if self.optimizer_name == "sgd":

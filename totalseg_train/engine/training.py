@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from totalseg_train.console import captured, stage_log
 from totalseg_train.engine.datasets import PartDataset
 from totalseg_train.engine.environment import nnunet_folders, scoped_environment, torch_device
 from totalseg_train.engine.planning import Plan
@@ -73,7 +74,7 @@ def train_part(plan: Plan, cfg: DictConfig) -> Path:
     if cfg.logger.name == "wandb":
         env["WANDB_NAME"] = f"{cfg.model.name}-{plan.dataset.part}"
     log.info("training %s (%s, %s epochs) on %s", plan.dataset.name, plan.configuration, cfg.model.epochs, device)
-    with scoped_environment(env):
+    with scoped_environment(env), captured(stage_log(bool(cfg.verbose))):
         run_training(str(plan.dataset.dataset_id), plan.configuration, FOLD,
                      trainer_class_name=trainer_name(cfg.model),
                      plans_identifier=plan.plans_identifier, num_gpus=int(cfg.num_gpus),

@@ -140,7 +140,7 @@ def _predicted_labels(cfg: DictConfig, subject_ids: list[str]) -> Path:
 
     out = Path(cfg.predicted_dir)
     predict(cfg.model, [nifti_path(cfg.images_dir, s) for s in subject_ids], out, device=cfg.device,
-            progress=bool(cfg.progress))
+            progress=bool(cfg.progress), verbose=bool(cfg.verbose))
     return out
 
 
