@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import pandas as pd
 
 from totalseg_train import published
@@ -37,24 +38,26 @@ def characteristics_with_scanner(characteristics: pd.DataFrame, subjects: pd.Dat
 
 
 def exclusion_table(series: pd.DataFrame, paper_reasons: dict[str, list[str]]) -> pd.DataFrame:
-    """Series seen, excluded per curation reason and kept, with the paper's count where it names the reason
-    (``paper_reasons``: the headline's dataset count -> curation reasons it stands for)."""
+    """Series seen, excluded by reason and kept, with the paper's count where it has one. ``paper_reasons``: the
+    headline's dataset counts (excluded_extremities, ...) -> the curation reasons each stands for; those reasons
+    share one row (``reason``: joined with '+'), the other reasons have a row each."""
     decided = series["decision"].astype(str)
-    reasons = series.loc[decided != INCLUDED, "reason"].fillna("").astype(str).value_counts()
-    reason_to_paper = {r: key for key, rs in paper_reasons.items() for r in rs}
-    rows = [{"step": "series seen", "reason": "", "n": len(series),
+    counts = series.loc[decided != INCLUDED, "reason"].fillna("").astype(str).value_counts()
+    rows = [{"step": "series seen", "reason": "", "paper_reason": "sampled", "n": len(series),
              "paper_n": published.value("dataset", "count", "sampled")}]
-    for reason, n in sorted(reasons.items()):
-        paper = reason_to_paper.get(reason)
-        rows.append({"step": "excluded", "reason": reason, "n": int(n),
-                     "paper_n": published.value("dataset", "count", paper) if paper else None})
-    for paper, rs in paper_reasons.items():
-        if not any(r in reasons for r in rs):  # the paper excluded some, curation none: say so
-            rows.append({"step": "excluded", "reason": "/".join(rs), "n": 0,
-                         "paper_n": published.value("dataset", "count", paper)})
-    rows.append({"step": "kept", "reason": "", "n": int((decided == INCLUDED).sum()),
+    grouped = set()
+    for paper, reasons in paper_reasons.items():
+        grouped |= set(reasons)
+        rows.append({"step": "excluded", "reason": "+".join(reasons),
+                     "paper_reason": paper.removeprefix("excluded_").replace("_", " "),
+                     "n": int(sum(counts.get(r, 0) for r in reasons)),
+                     "paper_n": published.value("dataset", "count", paper)})
+    for reason, n in sorted(counts.items()):
+        if reason not in grouped:
+            rows.append({"step": "excluded", "reason": reason, "paper_reason": "", "n": int(n), "paper_n": None})
+    rows.append({"step": "kept", "reason": "", "paper_reason": "kept", "n": int((decided == INCLUDED).sum()),
                  "paper_n": published.value("dataset", "count", "kept")})
-    return pd.DataFrame(rows, columns=["step", "reason", "n", "paper_n"])
+    return pd.DataFrame(rows, columns=["step", "reason", "paper_reason", "n", "paper_n"])
 
 
 def split_table(counts: dict[str, int]) -> pd.DataFrame:
@@ -70,7 +73,10 @@ def characteristics_figure(table: pd.DataFrame) -> bytes:
     fig, axes = plt.subplots(rows, columns, figsize=(16, 3.4 * rows), squeeze=False)
     for ax, name in zip(axes.flat, shown):
         part = table[table["characteristic"] == name]
-        ax.barh([str(v)[:28] for v in part["value"]], part["n"], color="#4c72b0")
+        y = range(len(part))  # positions, not the labels: bins such as '2-3' would be parsed as numbers
+        ax.barh(y, part["n"], color="#4c72b0")
+        ax.set_yticks(y, [str(v)[:36] for v in part["value"]])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.invert_yaxis()
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("subjects")

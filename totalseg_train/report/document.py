@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from totalseg_train.atomic import atomic_path, remove_stale_temporaries, write_table, write_text  # noqa: E402
@@ -72,29 +73,56 @@ def png_of(fig: plt.Figure, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-def format_value(value) -> str:
-    """Numbers as the tables show them: whole numbers plain, ratios to 3 decimals, tiny p-values in e-notation."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def format_value(value, whole: bool = False, scientific: bool = False) -> str:
+    """A number as the tables show it: ratios below 1 to 3 decimals, larger numbers to 3 significant digits
+    (whole numbers plain; ``whole``: the column holds counts); ``scientific``: values below 0.001 (p-values) in
+    e-notation."""
+    if _missing(value):
         return MISSING
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, (int, np.integer)):
         return str(int(value))
-    if isinstance(value, float) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") == "f"):
-        value = float(value)
-        if value.is_integer() and abs(value) >= 10:
-            return str(int(value))
-        if value != 0 and abs(value) < 0.001:
-            return f"{value:.2e}"
-        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3f}"
-    return str(value)
+    if not isinstance(value, (float, np.floating)):
+        return str(value)
+    value = float(value)
+    if whole or (value.is_integer() and abs(value) >= 10):
+        return str(int(round(value)))
+    if scientific and value != 0 and abs(value) < 0.001:
+        return f"{value:.2e}"
+    if abs(value) <= 1:
+        return f"{value:.3f}"
+    return f"{value:.{max(0, 2 - int(math.floor(math.log10(abs(value)))))}f}"
+
+
+def _whole_columns(frame: pd.DataFrame) -> set[str]:
+    """Numeric columns whose every value is a whole number (counts, ids): shown without decimals."""
+    whole = set()
+    for column in frame.columns:
+        present = frame[column].dropna()
+        values = pd.to_numeric(present, errors="coerce")
+        if len(present) and values.notna().all() and (values % 1 == 0).all():
+            whole.add(column)
+    return whole
+
+
+def _cells(table: Table) -> list[list[str]]:
+    """The shown frame's values as text, row by row."""
+    shown = table.shown()
+    whole = _whole_columns(shown)
+    return [[format_value(v, whole=c in whole, scientific="p_value" in str(c)) for c, v in zip(shown.columns, row)]
+            for row in shown.itertuples(index=False)]
 
 
 def interval(mean: float, low: float, high: float) -> str:
     """'0.943 [0.938, 0.947]'; the mean alone where there is no interval, '–' without a mean."""
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+    if _missing(mean):
         return MISSING
-    if low is None or high is None or any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+    if _missing(low) or _missing(high):
         return format_value(float(mean))
     return f"{format_value(float(mean))} [{format_value(float(low))}, {format_value(float(high))}]"
 
@@ -114,12 +142,11 @@ def _table_markdown(table: Table) -> list[str]:
         return lines + ["(no rows)", ""]
     lines.append("| " + " | ".join(_md_cell(str(c)) for c in shown.columns) + " |")
     lines.append("| " + " | ".join("---" for _ in shown.columns) + " |")
-    for row in shown.itertuples(index=False):
+    for row, texts in zip(shown.itertuples(index=False), _cells(table)):
         cells = []
-        for column, value in zip(shown.columns, row):
-            text = format_value(value)
+        for column, value, text in zip(shown.columns, row, texts):
             if column in table.link_columns:
-                text = f"[{Path(str(value)).name}]({value})" if value else MISSING
+                text = f"[{Path(str(value)).name}]({value})" if isinstance(value, str) and value else MISSING
             cells.append(_md_cell(text))
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
@@ -170,13 +197,14 @@ def _table_html(table: Table) -> str:
         return "\n".join(parts + ["<p>(no rows)</p>"])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
     rows = []
-    for row in shown.itertuples(index=False):
+    for row, texts in zip(shown.itertuples(index=False), _cells(table)):
         cells = []
-        for column, value in zip(shown.columns, row):
+        for column, value, text in zip(shown.columns, row, texts):
             if column in table.link_columns:
-                cell = f'<a href="{html.escape(str(value))}">{html.escape(Path(str(value)).name)}</a>' if value else MISSING
+                cell = (f'<a href="{html.escape(value)}">{html.escape(Path(value).name)}</a>'
+                        if isinstance(value, str) and value else MISSING)
             else:
-                cell = html.escape(format_value(value))
+                cell = html.escape(text)
             cells.append(f"<td>{cell}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")

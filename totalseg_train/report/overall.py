@@ -98,10 +98,12 @@ def per_class_figure(experiment: Experiment, table: pd.DataFrame) -> bytes:
         ax.grid(axis="y", alpha=0.3)
         for boundary in np.flatnonzero(order["rank"].diff().fillna(0).to_numpy() != 0):
             ax.axvline(boundary - 0.5, color="black", lw=0.6)
+    for category, members in order.groupby("category", sort=False):
+        axes[0].text(members.index.to_numpy().mean(), 1.04, category, ha="center", fontsize=9,
+                     color=CATEGORY_COLOURS[category], transform=axes[0].get_xaxis_transform())
     axes[0].legend(loc="lower left", fontsize=8)
-    axes[0].set_title(f"{experiment.name}: per class over {scored['subject_id'].nunique()} test subjects "
-                      f"(boxes coloured by category: {', '.join(f'{k} {v}' for k, v in CATEGORY_COLOURS.items())})",
-                      fontsize=9)
+    axes[0].set_title(f"{experiment.name}: per class over {scored['subject_id'].nunique()} test subjects", fontsize=10,
+                      pad=18)
     axes[1].set_xticks(positions, order["class_name"], rotation=90, fontsize=6)
     axes[1].set_xlim(-1, len(order))
     fig.tight_layout()
