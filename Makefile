@@ -74,6 +74,7 @@ demo: setup ## The whole pipeline on a phantom cohort in $(WORKSPACE): curation,
 	$(PY) -m totalseg_train +experiment=tiny paths.workspace=$(WORKSPACE) device=cpu
 	$(PY) -m totalseg_train.report paths.workspace=$(WORKSPACE)
 	@echo "paper tables: $(WORKSPACE)/reports/paper/index.html"
+	@echo "review page: $(PY) -m annotation_loop.review paths.workspace=$(WORKSPACE) ; nnU-Net's output: $(WORKSPACE)/logs/<stage>/<time>/nnunet.log"
 
 heart: setup ## Heart sub-parts on a demo workspace (after make demo): label transfer, the heart_tiny model, applied to every subject
 	@test -f $(WORKSPACE)/curated/subjects.csv -a -d $(HEART_LABELS) || \

@@ -13,7 +13,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import TextIO
 
@@ -66,19 +66,22 @@ def captured(log_file: Path | None) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with open(log_file, "ab") as log:
-        for fd in saved:
-            os.dup2(log.fileno(), fd)
+    log = open(log_file, "a", buffering=1)  # append mode: every writer of the file adds at its end
+    for fd in saved:
+        os.dup2(log.fileno(), fd)
     _terminal = os.fdopen(os.dup(saved[2]), "w", buffering=1)
     failed = False
     try:
-        yield
+        # Python-level too, for a sys.stdout that is not file descriptor 1 (a notebook's, pytest's).
+        with redirect_stdout(log), redirect_stderr(log):
+            yield
     except BaseException:
         failed = True
         raise
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        log.close()
         for fd, original in saved.items():
             os.dup2(original, fd)
             os.close(original)
