@@ -154,3 +154,23 @@ def test_shard_parsing():
     ids = [f"s{i}" for i in range(400)]
     parts = [select_shard(ids, f"{i}/4") for i in range(4)]
     assert sorted(sum(parts, [])) == sorted(ids) and min(map(len, parts)) > 70
+
+
+def test_radiomics_features_come_from_pyradiomics_and_agree_with_our_measures(study):
+    from totalseg_train.statistics.radiomics_features import PREFIX, radiomics_table
+
+    _, study_dir = study
+    subject = "study0000"
+    image = sitk.ReadImage(str(nifti_path(f"{study_dir}/images", subject)))
+    labels = sitk.ReadImage(str(nifti_path(f"{study_dir}/labels", subject)))
+    ids = [classes.id_of("liver"), classes.id_of("aorta")]
+    table = radiomics_table(image, labels, ids + [255], ["firstorder", "shape"])
+    assert list(table.class_id) == ids + [255]  # a class the map lacks: a row of NaN features, not an error
+    assert table.set_index("class_id").loc[255].drop("class_id", errors="ignore").isna().all()
+    mine = structure_statistics(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(image).astype(np.float64),
+                                tuple(reversed(labels.GetSpacing())))
+    for class_id in ids:
+        row = table.set_index("class_id").loc[class_id]
+        ours = mine.set_index("class_id").loc[class_id]
+        assert row[f"{PREFIX}original_firstorder_Mean"] == pytest.approx(ours.mean_hu, abs=1e-6)
+        assert row[f"{PREFIX}original_shape_VoxelVolume"] / 1000.0 == pytest.approx(ours.volume_ml, rel=1e-9)
