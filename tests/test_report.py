@@ -18,6 +18,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from annotation_loop.effort import TOTAL
 from annotation_loop.report import effort_by_round
 from totalseg_train import classes, published
+from totalseg_train.aging.study import run as run_aging
 from totalseg_train.config import compose_config
 from totalseg_train.evaluate import score_pair
 from totalseg_train.evaluate.aggregate import BootstrapSettings
@@ -39,13 +40,20 @@ def report(tiny_parts_run) -> dict:
                          f"paths.workspace={ws}", f"subjects=[{','.join(test_subjects)}]", "workers=1"],
                         capture_output=True, text=True, cwd=REPO)
     assert qa.returncode == 0, qa.stderr[-3000:]
+    before = files_of(ws)
     run = subprocess.run([sys.executable, "-m", "totalseg_train.report", f"paths.workspace={ws}", "comparison.a=tiny",
                           "comparison.b=tiny_parts", f"bootstrap.samples={SAMPLES}", f"bootstrap.seed={SEED}"],
                          capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     out = ws / "reports" / "paper"
     assert f"paper tables: {out / 'index.html'}" in run.stdout
-    return {"ws": ws, "out": out, "md": (out / "index.md").read_text(), "test": test_subjects}
+    return {"ws": ws, "out": out, "md": (out / "index.md").read_text(), "test": test_subjects, "before": before,
+            "after": files_of(ws)}
+
+
+def files_of(ws: Path) -> dict[str, int]:
+    """Every file of the workspace and its modification time (ns)."""
+    return {str(p.relative_to(ws)): p.stat().st_mtime_ns for p in ws.rglob("*") if p.is_file()}
 
 
 def table(report: dict, name: str) -> pd.DataFrame:
@@ -70,6 +78,12 @@ def test_every_table_is_a_csv_and_every_figure_a_png_named_by_the_page(report):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     html = (out / "index.html").read_text()
     assert html.count('<img ') == html.count('src="data:image/png;base64,') == len(pngs)  # embedded, not linked
+
+
+def test_the_report_only_reads_the_workspace(report):
+    changed = {p for p in set(report["before"]) | set(report["after"])
+               if report["before"].get(p) != report["after"].get(p)}
+    assert changed and {p.split("/")[0] + "/" + p.split("/")[1] for p in changed} <= {"reports/paper", "logs/report"}
 
 
 def test_overall_and_part_means_and_a_class_ci_match_the_scores_recomputed(report):
@@ -193,24 +207,46 @@ def test_missing_inputs_say_what_to_run(report):
     assert f"`python -m totalseg_train.aging paths.workspace={ws}`" in md
 
 
-def test_a_comparison_with_an_untrained_model_and_the_effort_table(report, tmp_path):
+def test_an_untrained_comparison_model_and_the_effort_runtime_and_aging_sections(report, tmp_path):
     """In process, into another folder: the narrow model never trained; a bootstrap rounds table as the loop
-    writes it (annotation_loop.report) gives the effort section."""
+    writes it (annotation_loop.report), a runtime table in make bench-predict's columns and the aging study's
+    output (totalseg_train.aging on a statistics table of 12 subjects) give sections 5, 7 and 8."""
     efforts = pd.DataFrame({"round": [None, None, 1, 1], "subject_id": ["a", "b", "c", "d"], "class_id": [TOTAL] * 4,
                             "voxels_changed": [1000, 1200, 100, 80], "voxels_labelled": [1000, 1200, 1000, 1000],
                             "slices_touched": [40, 60, 10, 6], "dice": [np.nan] * 4})
-    rounds = effort_by_round(efforts, seconds_per_slice=30.0)
-    rounds.to_csv(tmp_path / "bootstrap_rounds.csv", index=False)
+    effort_by_round(efforts, seconds_per_slice=30.0).to_csv(tmp_path / "bootstrap_rounds.csv", index=False)
+    pd.DataFrame([{"model": "fast", "case": "smallest", "file": "s0001.nii.gz", "shape": "80x80x60", "voxels": 384000,
+                   "wall_s": 12.5, "peak_ram_mb": 2048.0, "peak_gpu_mb": None, "device": "cpu",
+                   "hardware": "2 cores"}]).to_csv(tmp_path / "runtime.csv", index=False)
+    ages = np.linspace(20, 85, 12)
+    stats = pd.DataFrame([{"subject_id": f"s{i:02d}", "class_name": name, "age": age, "sex": "FM"[i % 2],
+                           "complete": True, "volume_ml": 100 + age + (i % 3) if name == "aorta" else 50.0 + i % 4,
+                           "mean_hu": 40 - 0.5 * age if name == "autochthon_left" else 30.0 + i % 5}
+                          for i, age in enumerate(ages) for name in ("aorta", "autochthon_left", "liver")])
+    stats.to_parquet(tmp_path / "statistics.parquet")
+    run_aging(compose_config("aging", [f"paths.workspace={tmp_path}", f"statistics={tmp_path / 'statistics.parquet'}",
+                                       "min_subjects=5"]))
     cfg = compose_config("report", [f"paths.workspace={report['ws']}", f"out={tmp_path / 'paper'}",
                                     "comparison.a=tiny", "comparison.b=narrow_tiny", "bootstrap.samples=100",
-                                    f"inputs.bootstrap_rounds={tmp_path / 'bootstrap_rounds.csv'}"])
+                                    f"inputs.bootstrap_rounds={tmp_path / 'bootstrap_rounds.csv'}",
+                                    f"inputs.runtime_csv={tmp_path / 'runtime.csv'}",
+                                    f"inputs.aging_dir={tmp_path / 'reports' / 'aging'}"])
     page = build_report(cfg)
     md = page.with_name("index.md").read_text()
     assert f"`python -m totalseg_train +experiment=narrow_tiny paths.workspace={report['ws']}`" in md
-    assert not (tmp_path / "paper" / "tables" / "comparison.csv").exists()
-    effort = pd.read_csv(tmp_path / "paper" / "tables" / "annotation_effort.csv")
+    tables = tmp_path / "paper" / "tables"
+    assert not (tables / "comparison.csv").exists()
+    effort = pd.read_csv(tables / "annotation_effort.csv")
     assert list(effort["round"]) == [0, 1]
     assert effort.times_faster_than_scratch.tolist() == pytest.approx([1.0, 50 / 8])  # median slices 50 vs 8
+    runtime = pd.read_csv(tables / "runtime.csv").iloc[0]
+    assert (runtime.wall_s, runtime.paper_wall_s, runtime.paper_ram_gb, runtime.paper_shape) == (
+        12.5, 34, 7.4, "512x512x280")  # the paper's 3 mm model on its smallest CT
+    aging = pd.read_csv(tables / "aging_paper.csv").set_index("class_name")
+    assert aging.loc["aorta", "paper_rs"] == 0.64 and aging.loc["aorta", "rs"] > 0.9
+    assert aging.loc["autochthon_left", "rs"] == pytest.approx(-1.0)
+    figures = sorted(p.name for p in (tmp_path / "paper" / "figures").glob("aging_*.png"))
+    assert figures == sorted(f"aging_{p.name}" for p in (tmp_path / "reports" / "aging").glob("*.png")) != []
 
 
 def test_the_page_opens_in_chromium_without_errors_and_every_image_loads(report, browser):

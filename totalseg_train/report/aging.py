@@ -28,9 +28,11 @@ def aging_section(aging_dir: Path, shown: int, workspace: str) -> Section:
         f"{len(correlations)} significant after correction. The paper (4004 whole-body CTs): aorta volume "
         "rs = 0.64, autochthonous back muscles' mean HU rs = -0.74, significance at P < .0001 (Bonferroni).")
     section.tables.append(Table("aging_paper", "The paper's age correlations beside ours", beside_paper(correlations)))
-    strongest = correlations.reindex(correlations["rs"].abs().sort_values(ascending=False).index).head(shown)
+    tested = correlations.dropna(subset=["rs"])
+    strongest = tested.reindex(tested["rs"].abs().sort_values(ascending=False).index).head(shown)
     section.tables.append(Table("aging_correlations", "Age correlations", correlations, display=strongest,
-                                note=f"The {shown} strongest correlations; the CSV holds every class and measure."))
+                                note=f"The {shown} strongest correlations; the CSV holds every class and measure "
+                                     "(untested ones: too few subjects)."))
     for png in sorted(Path(aging_dir).glob("*.png")):
         section.figures.append(Figure(f"aging_{png.stem}", png.stem.replace("_", " "), png.read_bytes(),
                                       note=f"From {png}."))

@@ -57,12 +57,13 @@ def exclusion_table(series: pd.DataFrame, paper_reasons: dict[str, list[str]]) -
             rows.append({"step": "excluded", "reason": reason, "paper_reason": "", "n": int(n), "paper_n": None})
     rows.append({"step": "kept", "reason": "", "paper_reason": "kept", "n": int((decided == INCLUDED).sum()),
                  "paper_n": published.value("dataset", "count", "kept")})
-    return pd.DataFrame(rows, columns=["step", "reason", "paper_reason", "n", "paper_n"])
+    return pd.DataFrame(rows, columns=["step", "reason", "paper_reason", "n", "paper_n"]).astype({"paper_n": "Int64"})
 
 
 def split_table(counts: dict[str, int]) -> pd.DataFrame:
     return pd.DataFrame([{"split": PAPER_SPLIT[g], "subjects": int(counts[g]),
-                          "paper_subjects": published.value("dataset", "count", PAPER_SPLIT[g])} for g in SPLITS])
+                          "paper_subjects": published.value("dataset", "count", PAPER_SPLIT[g])}
+                         for g in SPLITS]).astype({"paper_subjects": "Int64"})
 
 
 def characteristics_figure(table: pd.DataFrame) -> bytes:

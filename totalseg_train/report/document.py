@@ -78,9 +78,8 @@ def _missing(value) -> bool:
 
 
 def format_value(value, whole: bool = False, scientific: bool = False) -> str:
-    """A number as the tables show it: ratios below 1 to 3 decimals, larger numbers to 3 significant digits
-    (whole numbers plain; ``whole``: the column holds counts); ``scientific``: values below 0.001 (p-values) in
-    e-notation."""
+    """A number as the tables show it: up to 1 to 3 decimals, larger numbers to 3 significant digits (whole
+    numbers from 10 up plain; ``whole``: an integer column); ``scientific``: values below 0.001 in e-notation."""
     if _missing(value):
         return MISSING
     if isinstance(value, (bool, np.bool_)):
@@ -99,22 +98,16 @@ def format_value(value, whole: bool = False, scientific: bool = False) -> str:
     return f"{value:.{max(0, 2 - int(math.floor(math.log10(abs(value)))))}f}"
 
 
-def _whole_columns(frame: pd.DataFrame) -> set[str]:
-    """Numeric columns whose every value is a whole number (counts, ids): shown without decimals."""
-    whole = set()
-    for column in frame.columns:
-        present = frame[column].dropna()
-        values = pd.to_numeric(present, errors="coerce")
-        if len(present) and values.notna().all() and (values % 1 == 0).all():
-            whole.add(column)
-    return whole
+def _scientific(column: str) -> bool:
+    """p-value columns (p, p_value, p_corrected, paper_p_value_below): tiny values in e-notation."""
+    return column == "p" or column.startswith("p_") or "p_value" in column
 
 
 def _cells(table: Table) -> list[list[str]]:
     """The shown frame's values as text, row by row."""
     shown = table.shown()
-    whole = _whole_columns(shown)
-    return [[format_value(v, whole=c in whole, scientific="p_value" in str(c)) for c, v in zip(shown.columns, row)]
+    whole = {c for c in shown.columns if pd.api.types.is_integer_dtype(shown[c])}
+    return [[format_value(v, whole=c in whole, scientific=_scientific(str(c))) for c, v in zip(shown.columns, row)]
             for row in shown.itertuples(index=False)]
 
 

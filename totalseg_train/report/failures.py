@@ -48,7 +48,7 @@ def paper_failures(scores: pd.DataFrame, groups: dict[str, list[str]], dice_belo
             how = "not measured: needs which class the voxels went to, which per-class scores do not hold"
         rows.append({"failure": paper["model"], "subjects": subjects, "failures": failures, "share": share,
                      "paper_share": float(paper["value"]), "counted_as": how})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"subjects": "Int64", "failures": "Int64"})
 
 
 def sheet_link(subject_id: str, qa_sheets: Path, out: Path) -> str:

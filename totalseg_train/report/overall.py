@@ -41,7 +41,7 @@ def overall_table(experiment: Experiment, bootstrap: BootstrapSettings, paper_mo
                          **part_means[part_means.kind == "overall"].iloc[0][STAT_COLUMNS].to_dict()})
     for _, row in means[(means.kind == "category") & (means.n_pairs > 0)].iterrows():
         rows.append({"group": "category", "name": row["name"], **row[STAT_COLUMNS].to_dict()})
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).astype({"n_subjects": int, "n_pairs": int})
     table.insert(0, "experiment", experiment.name)
     return table
 
@@ -57,7 +57,7 @@ def per_class_table(experiment: Experiment, bootstrap: BootstrapSettings) -> pd.
         rows.append({"experiment": experiment.name, "class_id": c.id, "class_name": c.name, "category": c.category,
                      "part": c.part, **means.loc[c.name, STAT_COLUMNS].to_dict(),
                      "paper_dice": float(paper.loc[c.id, "paper_dice"]), "paper_nsd": float(paper.loc[c.id, "paper_nsd"])})
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).astype({"n_subjects": int, "n_pairs": int})
     table["dice_minus_paper"] = table["dice_mean"] - table["paper_dice"]
     return table
 
