@@ -103,6 +103,9 @@ def test_overall_and_part_means_and_a_class_ci_match_the_scores_recomputed(repor
         mine = scores[scores.class_id.isin(part["v1_class_ids"]) & scores.gt_present]
         assert overall.loc[("tiny_parts", "part model", part["part"]), "dice_mean"] == pytest.approx(mine.dice.mean())
     assert ("tiny", "part model", "all") not in overall.index  # a one-part model has no part rows
+    runs = table(report, "runs")
+    assert runs[["experiment", "part", "classes", "epochs"]].values.tolist() == [
+        ["tiny", "all", 104, 2], ["tiny_parts", "organs", 17, 2], ["tiny_parts", "cardiac", 18, 2]]
     # The paper's overall values sit only beside the experiments that stand for its models.
     assert overall["paper_dice"].isna().all()
 

@@ -44,7 +44,12 @@ def load_experiment(directory: Path, workspace: str) -> Experiment:
     """The experiment in ``directory`` (a folder with model.json)."""
     model = load_model(directory)
     summary_path = directory / SUMMARY
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    summary = None
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{summary_path}: not a readable run summary ({err})") from None
     scores, state = None, ""
     untrained = model.untrained_parts()
     if untrained:
@@ -55,6 +60,8 @@ def load_experiment(directory: Path, workspace: str) -> Experiment:
                  "it (finished training is kept)")
     else:
         scores = pd.read_parquet(directory / SCORES_FILE)
+        if scores.empty:
+            state = f"{directory / SCORES_FILE} holds no scored subject (an empty test split?)"
     return Experiment(model.experiment, directory, {p.part: p.v1_class_ids for p in model.parts}, summary, scores,
                       state)
 

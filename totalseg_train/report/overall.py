@@ -62,6 +62,22 @@ def per_class_table(experiment: Experiment, bootstrap: BootstrapSettings) -> pd.
     return table
 
 
+def runs_table(experiments: list[Experiment]) -> pd.DataFrame:
+    """What each experiment's run summary says about its part models: epochs, training hours, validation Dice."""
+    rows = []
+    for experiment in experiments:
+        summary = experiment.summary or {}
+        for part in experiment.parts:
+            record = summary.get("parts", {}).get(part, {})
+            seconds = record.get("training_seconds")
+            rows.append({"experiment": experiment.name, "part": part, "classes": len(experiment.parts[part]),
+                         "trained": record.get("trained"), "epochs": record.get("epochs"),
+                         "training_hours": None if seconds is None else seconds / 3600,
+                         "validation_dice": record.get("validation_dice"),
+                         "test_subjects": summary.get("split", {}).get("test"), "finished": summary.get("finished")})
+    return pd.DataFrame(rows).astype({"epochs": "Int64", "test_subjects": "Int64"})
+
+
 def _display_overall(table: pd.DataFrame) -> pd.DataFrame:
     shown = table[["experiment", "group", "name", "n_subjects", "n_pairs"]].rename(
         columns={"n_subjects": "subjects", "n_pairs": "pairs"})
@@ -128,6 +144,9 @@ def overall_section(experiments: list[Experiment], missing: dict[str, str], boot
         per_class[experiment.name] = per_class_table(experiment, bootstrap)
     for name, command in missing.items():
         section.text.append(f"{name}: not trained in this workspace. Run {command}.")
+    if experiments:
+        section.tables.append(Table("runs", "Trained experiments (from their run summaries)", runs_table(experiments),
+                                    note="Empty cells: no run summary yet (the run writes it after scoring)."))
     if tables:
         table = pd.concat(tables, ignore_index=True)
         section.tables.append(Table("overall", "Micro-averaged Dice and NSD of the test split", table,
