@@ -5,6 +5,7 @@ headless Chromium; sections whose inputs are missing say what to run."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -211,7 +212,8 @@ def test_missing_inputs_say_what_to_run(report):
 
 
 def test_an_untrained_comparison_model_and_the_effort_runtime_and_aging_sections(report, tmp_path):
-    """In process, into another folder: the narrow model never trained; a bootstrap rounds table as the loop
+    """In process, into another folder: the narrow model never trained, tiny_parts' scores unreadable (the others
+    go on); a bootstrap rounds table as the loop
     writes it (annotation_loop.report), a runtime table in make bench-predict's columns and the aging study's
     output (totalseg_train.aging on a statistics table of 12 subjects) give sections 5, 7 and 8."""
     efforts = pd.DataFrame({"round": [None, None, 1, 1], "subject_id": ["a", "b", "c", "d"], "class_id": [TOTAL] * 4,
@@ -229,7 +231,14 @@ def test_an_untrained_comparison_model_and_the_effort_runtime_and_aging_sections
     stats.to_parquet(tmp_path / "statistics.parquet")
     run_aging(compose_config("aging", [f"paths.workspace={tmp_path}", f"statistics={tmp_path / 'statistics.parquet'}",
                                        "min_subjects=5"]))
+    # The results with tiny_parts' scores cut off (its model folders are reached through the nnU-Net folder).
+    (tmp_path / "nnunet").symlink_to(report["ws"] / "nnunet")
+    for experiment in ("tiny", "tiny_parts"):
+        shutil.copytree(report["ws"] / "results" / experiment, tmp_path / "results" / experiment)
+    broken = tmp_path / "results" / "tiny_parts" / "scores.parquet"
+    broken.write_bytes(broken.read_bytes()[:100])
     cfg = compose_config("report", [f"paths.workspace={report['ws']}", f"out={tmp_path / 'paper'}",
+                                    f"inputs.results={tmp_path / 'results'}",
                                     "comparison.a=tiny", "comparison.b=narrow_tiny", "bootstrap.samples=100",
                                     f"inputs.bootstrap_rounds={tmp_path / 'bootstrap_rounds.csv'}",
                                     f"inputs.runtime_csv={tmp_path / 'runtime.csv'}",
@@ -237,6 +246,9 @@ def test_an_untrained_comparison_model_and_the_effort_runtime_and_aging_sections
     page = build_report(cfg)
     md = page.with_name("index.md").read_text()
     assert f"`python -m totalseg_train +experiment=narrow_tiny paths.workspace={report['ws']}`" in md
+    assert f"tiny_parts: no test scores: {broken} is not a readable scores table" in md
+    assert (tmp_path / "paper" / "tables" / "per_class_tiny.csv").exists()
+    assert not (tmp_path / "paper" / "tables" / "per_class_tiny_parts.csv").exists()
     tables = tmp_path / "paper" / "tables"
     assert not (tables / "comparison.csv").exists()
     effort = pd.read_csv(tables / "annotation_effort.csv")

@@ -18,7 +18,7 @@ from totalseg_train.evaluate.folders import SCORES_FILE
 class Experiment:
     """One experiment's folder. ``parts``: each part model's v1 class ids; ``scores``: the test split's
     scores.parquet (None until the test split is scored; the evaluation scores a model on the classes it
-    predicts); ``state``: why there are no scores, where there are none."""
+    predicts); ``state``: why there are no scores, where there are none; ``problems``: unreadable files beside."""
 
     name: str
     directory: Path
@@ -26,6 +26,7 @@ class Experiment:
     summary: dict | None
     scores: pd.DataFrame | None
     state: str = ""
+    problems: tuple[str, ...] = ()
 
     @property
     def class_ids(self) -> list[int]:
@@ -44,12 +45,12 @@ def load_experiment(directory: Path, workspace: str) -> Experiment:
     """The experiment in ``directory`` (a folder with model.json)."""
     model = load_model(directory)
     summary_path = directory / SUMMARY
-    summary = None
+    summary, problems = None, []
     if summary_path.is_file():
         try:
             summary = json.loads(summary_path.read_text())
         except ValueError as err:
-            raise ValueError(f"{summary_path}: not a readable run summary ({err})") from None
+            problems.append(f"{summary_path}: not a readable run summary ({err})")
     scores, state = None, ""
     untrained = model.untrained_parts()
     if untrained:
@@ -59,11 +60,16 @@ def load_experiment(directory: Path, workspace: str) -> Experiment:
         state = (f"the test split is not scored yet: `{train_command(model.experiment, workspace)}` predicts and scores "
                  "it (finished training is kept)")
     else:
-        scores = pd.read_parquet(directory / SCORES_FILE)
-        if scores.empty:
-            state = f"{directory / SCORES_FILE} holds no scored subject (an empty test split?)"
+        try:
+            scores = pd.read_parquet(directory / SCORES_FILE)
+        except (OSError, ValueError) as err:
+            state = (f"{directory / SCORES_FILE} is not a readable scores table ({err}); delete it and run "
+                     f"`{train_command(model.experiment, workspace)}` to score the test split again")
+        else:
+            if scores.empty:
+                state = f"{directory / SCORES_FILE} holds no scored subject (an empty test split?)"
     return Experiment(model.experiment, directory, {p.part: p.v1_class_ids for p in model.parts}, summary, scores,
-                      state)
+                      state, tuple(problems))
 
 
 def find_experiments(results: Path, wanted: list[str], workspace: str) -> tuple[list[Experiment], dict[str, str]]:

@@ -137,6 +137,7 @@ def overall_section(experiments: list[Experiment], missing: dict[str, str], boot
         "NSD at 3 mm. The paper: 1.5 mm model Dice 0.943, NSD 0.966; 3 mm model Dice 0.840, NSD 0.966.")
     tables, per_class = [], {}
     for experiment in experiments:
+        section.text += [f"{experiment.name}: {problem}." for problem in experiment.problems]
         if not experiment.scored:
             section.text.append(f"{experiment.name}: no test scores: {experiment.state}.")
             continue
