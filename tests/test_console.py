@@ -59,7 +59,7 @@ def test_training_shows_its_summary_and_logs_nnunets_epochs(heart_model):
     assert "heart_tiny: train" in stdout and "test split: mean Dice" in stdout
     for chatter in NNUNET_TRAINING + ["Using trainer", "Configuration:"]:
         assert chatter not in stdout
-    logs = [p.read_text() for p in stage_logs(heart_model["ws"], "__main__")]
+    logs = [p.read_text() for p in stage_logs(heart_model["ws"], "train")]
     assert any(all(chatter in text for chatter in NNUNET_TRAINING) for text in logs), logs
 
 

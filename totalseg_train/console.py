@@ -25,10 +25,11 @@ _terminal: TextIO | None = None  # the console while a block is captured
 def run_log_dir() -> Path | None:
     """The running Hydra stage's log folder (``<workspace>/logs/<stage>/<time>/``); None outside a Hydra run."""
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
     if not HydraConfig.initialized():
         return None
-    output_dir = HydraConfig.get().runtime.output_dir
+    output_dir = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)  # unset when composed
     return Path(output_dir) if output_dir else None
 
 
