@@ -255,8 +255,9 @@ def test_an_untrained_comparison_model_and_the_effort_runtime_and_aging_sections
     assert list(effort["round"]) == [0, 1]
     assert effort.times_faster_than_scratch.tolist() == pytest.approx([1.0, 50 / 8])  # median slices 50 vs 8
     runtime = pd.read_csv(tables / "runtime.csv").iloc[0]
-    assert (runtime.wall_s, runtime.paper_wall_s, runtime.paper_ram_gb, runtime.paper_shape) == (
-        12.5, 34, 7.4, "512x512x280")  # the paper's 3 mm model on its smallest CT
+    assert (runtime.wall_s, runtime.paper_model, runtime.paper_wall_s, runtime.paper_shape) == (
+        12.5, "fast_3mm", 34, "512x512x280")  # the paper's 3 mm model on its smallest CT
+    assert runtime.paper_ram_mb == pytest.approx(7.4 * 1024)
     aging = pd.read_csv(tables / "aging_paper.csv").set_index("class_name")
     assert aging.loc["aorta", "paper_rs"] == 0.64 and aging.loc["aorta", "rs"] > 0.9
     assert aging.loc["autochthon_left", "rs"] == pytest.approx(-1.0)

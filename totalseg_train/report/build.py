@@ -38,7 +38,7 @@ def build_sections(cfg: DictConfig) -> list[Section]:
         per_class_section(experiments, per_class, int(cfg.per_class.worst)),
         comparison_section(experiments, str(cfg.comparison.a), str(cfg.comparison.b), _plain(cfg.comparison.classes),
                            list(cfg.comparison.metrics), workspace),
-        runtime_section(Path(inputs.runtime_csv), paper_models, dict(_plain(cfg.runtime.paper_cases)), workspace),
+        runtime_section(Path(inputs.runtime_csv), paper_models, workspace),
         failure_section(experiments, float(cfg.failures.dice_below), dict(_plain(cfg.failures.paper_groups)),
                         int(cfg.failures.worst), int(cfg.failures.top), Path(inputs.qa_sheets), out, workspace),
         effort_section(Path(inputs.bootstrap_rounds), workspace),

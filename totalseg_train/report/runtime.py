@@ -11,23 +11,21 @@ import pandas as pd
 
 from totalseg_train import published
 from totalseg_train.report.document import Figure, Section, Table, png_of
+from totalseg_train.runtime import COLUMNS, paper_runtime
 
-COLUMNS = ["model", "case", "file", "shape", "voxels", "wall_s", "peak_ram_mb", "peak_gpu_mb", "device", "hardware"]
 
-
-def runtime_table(measured: pd.DataFrame, paper_models: dict[str, str], paper_cases: dict[str, str]) -> pd.DataFrame:
-    """The measurements with the paper's seconds, RAM and GPU memory (GB) for the same model and case: our
-    smallest / median / largest CT stands beside the paper's (``paper_cases``: case -> shape, e.g. 512x512x280)."""
+def runtime_table(measured: pd.DataFrame, paper_models: dict[str, str]) -> pd.DataFrame:
+    """The measurements with the paper's figures for the same case (its smallest / median / largest CT,
+    ``runtime.paper_runtime``) of the same model; an experiment that is none of the paper's models stands beside
+    its 3 mm model, as make bench-predict prints it."""
     missing = [c for c in COLUMNS if c not in measured.columns]
     if missing:
         raise ValueError(f"runtime table lacks column(s) {', '.join(missing)}")
     table = measured[COLUMNS].copy()
-    keys = [f"{paper_models[m]}@{paper_cases[c]}" if m in paper_models and c in paper_cases else None
-            for m, c in zip(table["model"], table["case"])]
-    table["paper_shape"] = [paper_cases.get(c) if k else None for c, k in zip(table["case"], keys)]
-    for measure, column in (("seconds", "paper_wall_s"), ("ram_gb", "paper_ram_gb"), ("gpu_gb", "paper_gpu_gb")):
-        table[column] = [published.value("runtime", measure, k) if k else None for k in keys]
-    return table
+    table["paper_model"] = [paper_models.get(m, published.FAST) for m in table["model"]]
+    paper = paper_runtime().rename(columns={"shape": "paper_shape", "wall_s": "paper_wall_s", "ram_mb": "paper_ram_mb",
+                                            "gpu_mb": "paper_gpu_mb"}).drop(columns="voxels")
+    return table.merge(paper, on=["paper_model", "case"], how="left")
 
 
 def runtime_figure(table: pd.DataFrame) -> bytes:
@@ -35,9 +33,9 @@ def runtime_figure(table: pd.DataFrame) -> bytes:
     labels = [f"{m}\n{c}" for m, c in zip(table["model"], table["case"])]
     x = np.arange(len(table))
     for ax, ours, paper, unit, scale in ((time_ax, "wall_s", "paper_wall_s", "seconds", 1.0),
-                                         (ram_ax, "peak_ram_mb", "paper_ram_gb", "peak RAM (GB)", 1 / 1024)):
+                                         (ram_ax, "peak_ram_mb", "paper_ram_mb", "peak RAM (GB)", 1 / 1024)):
         ax.bar(x - 0.2, table[ours].astype(float) * scale, 0.4, label="ours", color="#4c72b0")
-        ax.bar(x + 0.2, table[paper].astype(float).fillna(0), 0.4, label="paper (RTX 3090)", color="#8c8c8c")
+        ax.bar(x + 0.2, table[paper].astype(float).fillna(0) * scale, 0.4, label="paper (RTX 3090)", color="#8c8c8c")
         ax.set_xticks(x, labels, fontsize=7)
         ax.set_ylabel(unit)
         ax.legend(fontsize=8)
@@ -47,19 +45,19 @@ def runtime_figure(table: pd.DataFrame) -> bytes:
     return png_of(fig)
 
 
-def runtime_section(runtime_csv: Path, paper_models: dict[str, str], paper_cases: dict[str, str],
-                    workspace: str) -> Section:
+def runtime_section(runtime_csv: Path, paper_models: dict[str, str], workspace: str) -> Section:
     section = Section(5, "Runtime and memory", "Table 8 / Figure 8")
     if not Path(runtime_csv).is_file():
         section.text.append(f"Not available: no runtime measurements ({runtime_csv}). Run "
                             f"`make bench-predict WORKSPACE={workspace}`: it predicts the cohort's smallest, median "
                             "and largest CT with each trained model and records wall time and peak memory.")
         return section
-    table = runtime_table(pd.read_csv(runtime_csv, keep_default_na=False, na_values=[""]), paper_models, paper_cases)
+    table = runtime_table(pd.read_csv(runtime_csv), paper_models)
     section.text.append(
         "Wall time and peak memory of predicting one CT (process and children), measured by `make bench-predict`; "
         "the paper's figures are the TotalSegmentator repository's runtime table on an RTX 3090 GPU for CTs of "
-        "512x512x280, 458 and 824 voxels (our smallest, median and largest stand beside them). Hardware: "
+        "512x512x280, 458 and 824 voxels (our smallest, median and largest stand beside them; an experiment that is "
+        "none of the paper's models beside its 3 mm model). Hardware: "
         + "; ".join(sorted(set(table["hardware"].astype(str)))) + ".")
     section.tables.append(Table("runtime", "Prediction time and memory per CT", table))
     section.figures.append(Figure("runtime", "Prediction time and peak RAM per CT", runtime_figure(table)))
