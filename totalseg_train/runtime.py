@@ -14,7 +14,6 @@ beside the paper's figures.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -31,6 +30,7 @@ from omegaconf import DictConfig
 
 from totalseg_train import published
 from totalseg_train.atomic import write_table
+from totalseg_train.console import captured
 from totalseg_train.engine.model import MANIFEST, load_model
 from totalseg_train.images import NIFTI_SUFFIX, Geometry
 
@@ -86,7 +86,7 @@ def hardware_name(device: str) -> str:
 def _predict_case(model_dir: str, image: str, out_dir: str, device: str, workers: int, threads: int | None,
                   log_file: str, results: multiprocessing.Queue) -> None:
     """The measured process: one prediction as a user runs it; reports its own peaks through ``results``.
-    nnU-Net's console messages go to ``log_file``."""
+    nnU-Net's console output goes to ``log_file`` (its last lines are shown if the prediction fails)."""
     import torch
 
     from totalseg_train.engine.inference import predict
@@ -94,7 +94,7 @@ def _predict_case(model_dir: str, image: str, out_dir: str, device: str, workers
     cuda = device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    with open(log_file, "a") as log_stream, contextlib.redirect_stdout(log_stream):
+    with captured(Path(log_file)):  # file-descriptor level: nnU-Net's worker processes print too
         predict(model_dir, [image], out_dir, device=device, workers=workers, threads=threads, overwrite=True,
                 progress=False)
     kib = 1024  # ru_maxrss is in KiB on Linux
