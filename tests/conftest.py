@@ -114,7 +114,8 @@ def train_overrides(ws: Path, experiment: str = "tiny") -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_run(workspace) -> Path:
-    """``python -m totalseg_train +experiment=tiny`` with wandb offline, as a user runs it."""
+    """``python -m totalseg_train +experiment=tiny`` with wandb offline, as a user runs it; its console output is
+    kept in ``tiny_run.stdout`` and ``tiny_run.stderr`` beside the workspace (tests/test_console.py reads them)."""
     import subprocess
     import sys
 
@@ -122,6 +123,8 @@ def tiny_run(workspace) -> Path:
                          capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert "tiny: train 2, validation 1, test 1" in run.stdout
+    workspace.with_name("tiny_run.stdout").write_text(run.stdout)
+    workspace.with_name("tiny_run.stderr").write_text(run.stderr)
     return workspace
 
 

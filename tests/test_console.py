@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from conftest import REPO, train_overrides
 
 from totalseg_train.console import NNUNET_LOG, TAIL_LINES, captured, log_tail, stage_log, terminal
 
@@ -52,29 +52,25 @@ def test_verbose_or_no_hydra_run_leaves_the_console_alone():
     assert stage_log(verbose=False) is None  # a library call outside a Hydra stage run
 
 
-def test_training_shows_its_summary_and_logs_nnunets_epochs(heart_model):
-    """The heart_tiny training command (tests/conftest.py's heart_model): our summary on stdout, nnU-Net's epoch
-    report only in the run's nnunet.log."""
-    stdout = heart_model["stdout"]
-    assert "heart_tiny: train" in stdout and "test split: mean Dice" in stdout
-    for chatter in NNUNET_TRAINING + ["Using trainer", "Configuration:"]:
-        assert chatter not in stdout
-    logs = [p.read_text() for p in stage_logs(heart_model["ws"], "train")]
-    assert any(all(chatter in text for chatter in NNUNET_TRAINING) for text in logs), logs
+def test_training_shows_bars_and_summary_and_logs_nnunets_output(tiny_run):
+    """tests/conftest.py's tiny_run (train, predict and score the test split): our bars and summary on the
+    console, nnU-Net's plans, epoch report and predictor output only in logs/train/<time>/nnunet.log."""
+    stdout = tiny_run.with_name("tiny_run.stdout").read_text()
+    stderr = tiny_run.with_name("tiny_run.stderr").read_text()
+    assert "test split: mean Dice" in stdout
+    assert "training Dataset390_tiny: 100%" in stderr and "predicting (tiny): 100%" in stderr
+    for chatter in NNUNET_TRAINING + [NNUNET_PREDICTION, "Using trainer", "Configuration:", "Plans were saved"]:
+        assert chatter not in stdout + stderr, chatter
+    logs = [p.read_text() for p in stage_logs(tiny_run, "train")]
+    assert any(all(c in text for c in NNUNET_TRAINING + [NNUNET_PREDICTION, "Plans were saved"]) for text in logs)
 
 
-def test_prediction_is_logged_and_verbose_shows_it(heart_applied, apply_heart, tmp_path):
-    """apply: nnU-Net's predictor output in logs/apply/<time>/nnunet.log; verbose=true: on the console, no log."""
-    assert NNUNET_PREDICTION not in heart_applied["stdout"]
-    ws = heart_applied["ws"]
-    logged = [p for p in stage_logs(ws, "apply") if NNUNET_PREDICTION in p.read_text()]
-    assert logged and logged[0].read_text().count(NNUNET_PREDICTION) == len(heart_applied["subjects"])
-
-    table = tmp_path / "one_subject.csv"
-    subjects = pd.read_csv(heart_applied["table"], dtype=str, keep_default_na=False)
-    subjects.head(1).to_csv(table, index=False)
-    before = stage_logs(ws, "apply")
-    run = apply_heart(ws, f"subjects_csv={table}", f"out={tmp_path / 'predicted'}", "verbose=true")
+def test_verbose_shows_nnunets_output_on_the_console(tiny_run, tmp_path):
+    """verbose=true on tiny_run's trained model, results in a new folder: the test split is predicted again,
+    and nnU-Net's predictor output is on the console, not in a log."""
+    before = stage_logs(tiny_run, "train")
+    run = subprocess.run([sys.executable, "-m", "totalseg_train", *train_overrides(tiny_run),
+                          f"paths.results={tmp_path}", "verbose=true"], capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert NNUNET_PREDICTION in run.stdout and "heart sub-parts of 1 subjects predicted" in run.stdout
-    assert stage_logs(ws, "apply") == before
+    assert NNUNET_PREDICTION in run.stdout and "test split: mean Dice" in run.stdout
+    assert stage_logs(tiny_run, "train") == before
