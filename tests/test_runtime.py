@@ -45,8 +45,10 @@ def test_a_real_prediction_is_measured_and_written_beside_the_papers_figures(tin
     assert row.peak_ram_mb > 150  # a Python process with torch and nnU-Net loaded
     assert pd.isna(row.peak_gpu_mb) and "cores" in row.hardware
 
-    printed = side_by_side(table, paper_runtime())
+    printed = side_by_side(table, paper_runtime(), {"highres": "highres_1.5mm"})
     assert "fast_3mm" in printed and "512x512x280" in printed and "RTX 3090" in printed
+    # Mapped to the 1.5 mm model (configs/paper: paper.models.tiny=highres_1.5mm), the row stands beside it.
+    assert "highres_1.5mm" in side_by_side(table, paper_runtime(), {"tiny": "highres_1.5mm"})
 
 
 def test_the_papers_runtime_table_has_three_sizes_per_model():

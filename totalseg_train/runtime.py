@@ -37,8 +37,6 @@ from totalseg_train.images import NIFTI_SUFFIX, Geometry
 log = logging.getLogger(__name__)
 CASES = ("smallest", "median", "largest")
 COLUMNS = ["model", "case", "file", "shape", "voxels", "wall_s", "peak_ram_mb", "peak_gpu_mb", "device", "hardware"]
-# Our experiments that are the paper's models (the others have no published runtime of their own).
-PAPER_MODEL = {"highres": published.HIGHRES, "fast": published.FAST}
 MB = 2**20
 
 
@@ -188,13 +186,13 @@ def paper_runtime() -> pd.DataFrame:
                          "gpu_mb": table.gpu_gb * 1024})
 
 
-def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
-    """Our rows beside the paper's row of the same case: the paper's model where it is ours (fast, highres),
-    else its 3 mm model; the ratio of seconds per million voxels (ours / paper's)."""
+def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, paper_models: dict[str, str]) -> str:
+    """Our rows beside the paper's row of the same case: the paper's model where ``paper_models`` (configs/paper)
+    names one for ours, else its 3 mm model; the ratio of seconds per million voxels (ours / paper's)."""
     lines = [f"{'model':<12} {'case':<8} {'shape':>13} {'wall s':>8} {'RAM MB':>8} {'GPU MB':>8} | "
              f"{'paper (RTX 3090)':<14} {'shape':>11} {'wall s':>7} {'RAM MB':>7} {'GPU MB':>7} | s/Mvoxel ratio"]
     for row in ours.itertuples():
-        ref_model = PAPER_MODEL.get(row.model, published.FAST)
+        ref_model = paper_models.get(row.model, published.FAST)
         ref = paper[(paper.paper_model == ref_model) & (paper.case == row.case)]
         gpu = "-" if pd.isna(row.peak_gpu_mb) else f"{row.peak_gpu_mb:.0f}"
         text = f"{row.model:<12} {row.case:<8} {row.shape:>13} {row.wall_s:>8.1f} {row.peak_ram_mb:>8.0f} {gpu:>8} | "
@@ -216,7 +214,7 @@ def main(cfg: DictConfig) -> None:
         table = bench_predict(cfg)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"bench-predict: {err}") from None
-    print(side_by_side(table, paper_runtime()))
+    print(side_by_side(table, paper_runtime(), dict(cfg.paper.models)))
     print(f"wrote {cfg.out}")
 
 

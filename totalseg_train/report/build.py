@@ -29,7 +29,7 @@ def build_sections(cfg: DictConfig) -> list[Section]:
     inputs, workspace, out = cfg.inputs, str(cfg.paths.workspace), Path(cfg.out)
     experiments, missing = find_experiments(Path(inputs.results), list(cfg.experiments), workspace)
     bootstrap = BootstrapSettings.from_config(cfg.bootstrap)
-    paper_models = dict(_plain(cfg.paper_models))
+    paper_models = dict(_plain(cfg.paper.models))
     overall, per_class = overall_section(experiments, missing, bootstrap, paper_models)
     return [
         dataset_section(Path(inputs.subjects_csv), Path(inputs.series_table), Path(inputs.characteristics_csv),
