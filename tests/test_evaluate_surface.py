@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from surface_distance import lookup_tables
 
+from totalseg_train import classes
 from totalseg_train.evaluate import score_pair, surface_dice
 from totalseg_train.evaluate.bench import GT_FILE, PRED_FILE, example_label_map
 from totalseg_train.evaluate.reference import reference_scores
@@ -112,6 +113,22 @@ def test_paper_conventions_absent_classes_and_false_positives():
     assert scores["gt_present"].sum() == 2 and scores["false_positive"].sum() == 1
     assert scores.at[1, "gt_voxels"] == 27 and scores.at[3, "pred_voxels"] == 1
     assert np.isnan(scores.drop(index=[1, 2, 3])[["dice", "nsd"]].to_numpy()).all()
+
+
+def test_where_a_classs_voxels_went_names_the_other_class_predicted_on_most_of_them():
+    l1, l2, l3 = (classes.id_of(f"vertebrae_L{i}") for i in (1, 2, 3))
+    gt = np.zeros((12, 6, 6), np.uint8)
+    gt[0:4], gt[4:8], gt[8:12] = l1, l2, l3
+    pred = gt.copy()
+    pred[0:4] = l2            # L1 labelled as its neighbour L2, wholly
+    pred[8, 0, 0] = l2        # L3: one voxel to L2,
+    pred[9, 0, :2] = 0        # two to the background (not a confusion)
+    scores = score_pair(gt, pred, (1.0, 1.0, 1.0), 1.0).set_index("class_name")
+    assert scores.at["vertebrae_L1", "confused_with"] == l2 and scores.at["vertebrae_L1", "confused_voxels"] == 144
+    assert scores.at["vertebrae_L1", "intersection_voxels"] == 0
+    assert scores.at["vertebrae_L2", "confused_with"] == 0 and scores.at["vertebrae_L2", "confused_voxels"] == 0
+    assert scores.at["vertebrae_L3", "confused_with"] == l2 and scores.at["vertebrae_L3", "confused_voxels"] == 1
+    assert (scores.loc[~scores.gt_present, ["confused_with", "confused_voxels"]] == 0).all().all()
 
 
 def test_empty_label_maps_give_only_nan():

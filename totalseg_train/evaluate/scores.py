@@ -55,7 +55,9 @@ def score_pair(
     """Scores of all 104 classes for one pair of v1 label maps on the same grid (spacing per array axis).
 
     One row per class: class_id, class_name, part, category, gt_voxels, pred_voxels,
-    intersection_voxels, dice, nsd, gt_present, pred_present, false_positive.
+    intersection_voxels, dice, nsd, gt_present, pred_present, false_positive, and where the class's
+    ground-truth voxels went wrong: confused_with (the other class, background aside, predicted on most of
+    them; 0 when none) and confused_voxels (how many), so that a vertebra labelled as its neighbour is seen.
     """
     if tolerance_mm is None:
         tolerance_mm = float(evaluation_defaults().tolerance_mm)
@@ -72,6 +74,8 @@ def score_pair(
     gt_voxels = np.zeros(N_LABELS, dtype=np.int64)
     pred_voxels = np.zeros(N_LABELS, dtype=np.int64)
     intersection = np.zeros(N_LABELS, dtype=np.int64)
+    confused_with = np.zeros(N_LABELS, dtype=np.int64)
+    confused_voxels = np.zeros(N_LABELS, dtype=np.int64)
     dice = np.full(N_LABELS, np.nan)
     nsd = np.full(N_LABELS, np.nan)
 
@@ -81,6 +85,12 @@ def score_pair(
         joint = np.bincount((gt.astype(np.uint16) * N_LABELS + pred).ravel(), minlength=N_LABELS * N_LABELS)
         joint = joint.reshape(N_LABELS, N_LABELS)
         gt_voxels, pred_voxels, intersection = joint.sum(axis=1), joint.sum(axis=0), np.diagonal(joint).copy()
+        wrong = joint.copy()
+        np.fill_diagonal(wrong, 0)
+        wrong[:, 0] = 0
+        confused_with = wrong.argmax(axis=1)
+        confused_voxels = wrong[np.arange(N_LABELS), confused_with]
+        confused_with[confused_voxels == 0] = 0
         gt_boxes, pred_boxes = _class_boxes(gt), _class_boxes(pred)
         for c in np.flatnonzero(gt_voxels[1:]) + 1:
             if pred_voxels[c] == 0:
@@ -107,5 +117,7 @@ def score_pair(
             "gt_present": gt_present,
             "pred_present": pred_present,
             "false_positive": pred_present & ~gt_present,
+            "confused_with": confused_with[ids],
+            "confused_voxels": confused_voxels[ids],
         }
     )
