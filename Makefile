@@ -59,6 +59,8 @@ demo: setup ## The whole pipeline on a phantom cohort in $(WORKSPACE): curation,
 	$(PY) -m data_prep.phantom.truth_labels paths.workspace=$(WORKSPACE)
 	$(PY) -m annotation_loop.qa labels_dir=$(WORKSPACE)/truth_labels paths.workspace=$(WORKSPACE) render.ct_slice=true
 	@echo "QA grids: $(WORKSPACE)/qa/grids/ ; review page: $(PY) -m annotation_loop.review paths.workspace=$(WORKSPACE)"
+	@echo "== heart sub-parts carried from the contrast to the native scan of each exam (make heart trains and applies the heart model) =="
+	$(PY) -m data_prep.heart_transfer paths.workspace=$(WORKSPACE) labels_dir=$(HEART_LABELS) other_classes=drop
 	@echo "== annotation bootstrap: 5 drawn from scratch, then rounds at N=5 and N=20 (simulated annotator) =="
 	$(PY) -m annotation_loop.start $(DEMO_LOOP)
 	$(PY) -m annotation_loop.simulate $(DEMO_LOOP)
@@ -76,7 +78,7 @@ demo: setup ## The whole pipeline on a phantom cohort in $(WORKSPACE): curation,
 	@echo "paper tables: $(WORKSPACE)/reports/paper/index.html"
 	@echo "review page: $(PY) -m annotation_loop.review paths.workspace=$(WORKSPACE) ; nnU-Net's output: $(WORKSPACE)/logs/<stage>/<time>/nnunet.log"
 
-heart: setup ## Heart sub-parts on a demo workspace (after make demo): label transfer, the heart_tiny model, applied to every subject
+heart: setup ## Heart sub-parts on a demo workspace (after make demo): label transfer (done by the demo), the heart_tiny model, applied to every subject
 	@test -f $(WORKSPACE)/curated/subjects.csv -a -d $(HEART_LABELS) || \
 	  { echo "make heart needs a curated phantom workspace with labels in $(HEART_LABELS): run make demo first" >&2; exit 1; }
 	$(PY) -m data_prep.heart_transfer paths.workspace=$(WORKSPACE) labels_dir=$(HEART_LABELS) other_classes=drop

@@ -181,6 +181,24 @@ def heart_labels_by_transfer(workspace: Path) -> list[str]:
     return sorted(pd.read_csv(workspace / "heart" / "labels" / "index.csv", dtype=str).subject_id)
 
 
+def write_heart_split(workspace: Path, cohort: list[str]) -> None:
+    """``split_heart.json`` with a transferred pair as the test split, stored the way the engine stores and
+    reuses a split (a user may bring their own): the seeded draw takes a one-subject patient (a contrast scan
+    whose native partner QC held back) as often as a pair, and the test compares native and contrast."""
+    from totalseg_train.engine.split import Split, SplitSettings, split_to_json
+
+    subjects = pd.read_csv(workspace / "curated" / "subjects.csv", dtype=str, keep_default_na=False)
+    subjects = subjects[subjects.subject_id.isin(cohort)].set_index("subject_id")
+    patient_of = subjects.patient.to_dict()
+    pairs = sorted(p for p, n in subjects.patient.value_counts().items() if n == 2)
+    others = sorted(set(subjects.patient) - {pairs[0]})
+    members = {"test": [pairs[0]], "val": [others[0]], "train": others[1:]}
+    ids = {g: tuple(sorted(s for s, p in patient_of.items() if p in patients)) for g, patients in members.items()}
+    split = Split(ids["train"], ids["val"], ids["test"], SplitSettings(1082, 57, 65, True, 0))
+    (workspace / "nnunet").mkdir(exist_ok=True)
+    (workspace / "nnunet" / "split_heart.json").write_text(split_to_json(split, patient_of))
+
+
 @pytest.fixture(scope="session")
 def heart_model(tmp_path_factory, coarse_cohort) -> dict:
     """``heart_tiny`` trained once for every heart test, as a user runs it (``python -m totalseg_train
@@ -194,6 +212,7 @@ def heart_model(tmp_path_factory, coarse_cohort) -> dict:
     started = time.perf_counter()
     workspace = coarse_cohort(tmp_path_factory.mktemp("heart_ws"), 30)
     cohort = heart_labels_by_transfer(workspace)
+    write_heart_split(workspace, cohort)
     run = subprocess.run([sys.executable, "-m", "totalseg_train", "+experiment=heart_tiny", f"paths.workspace={workspace}",
                           "device=cpu", "workers=1", "data_workers=0", "torch_threads=2", "model.seed=0",
                           "model.final_validation=false"], capture_output=True, text=True, cwd=REPO)

@@ -21,6 +21,19 @@ RAW = "Dataset391_heart_tiny_heart"
 LARGE = ("heart_atrium_left", "heart_ventricle_left", "heart_atrium_right", "heart_ventricle_right")
 
 
+def test_the_heart_cohort_is_the_drawn_contrast_subjects_and_the_natives_the_transfer_let_through(heart_model):
+    ws = heart_model["ws"]
+    cohort = pd.read_csv(ws / "curated" / "subjects.csv", dtype=str, keep_default_na=False).set_index("subject_id")
+    index = pd.read_csv(ws / "heart" / "labels" / "index.csv", dtype=str, keep_default_na=False).set_index("subject_id")
+    report = pd.read_csv(ws / "reports" / "heart_transfer.csv", dtype=str, keep_default_na=False)
+    transferred = report.native_subject_id[report.status == "transferred"]
+    assert len(transferred) >= 4 and (report.status == "flagged").sum() <= len(report) - 4  # QC lets most through
+    assert set(index.index[index.source == "transferred"]) == set(transferred)
+    assert (cohort.contrast_phase[index.index[index.source == "transferred"]] == "native").all()
+    assert (cohort.contrast_phase[index.index[index.source == "drawn"]] != "native").all()
+    assert sorted(index.index) == heart_model["cohort"]
+
+
 def test_the_exported_heart_dataset_holds_the_six_classes_with_local_ids_1_to_6(heart_model):
     ws = heart_model["ws"]
     raw = ws / "nnunet" / "raw" / RAW
@@ -93,7 +106,7 @@ def test_apply_writes_every_subject_of_its_table_and_skips_them_on_a_rerun(heart
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     run = apply_heart(ws, f"subjects_csv={heart_applied['table']}")
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "heart sub-parts of 0 subjects predicted, 4 already predicted by this model" in run.stdout
+    assert f"heart sub-parts of 0 subjects predicted, {len(index)} already predicted by this model" in run.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
