@@ -116,7 +116,7 @@ bench-train: setup ## s/iteration of tiny and fast, engine overhead vs nnU-Net, 
 	$(PY) -m data_prep.phantom.truth_labels paths.workspace=$$d >/dev/null && \
 	$(PY) -m totalseg_train.engine.bench paths.workspace=$$d out=$(CURDIR)/workspace/bench_train.json
 
-bench-heart: setup ## Heart label transfer on 40 phantom patients (3 mm): Dice per class, centre error, s/pair vs header-only (~8 min)
+bench-heart: setup ## Heart label transfer on 40 phantom patients (3 mm): Dice per class, centre error, s/pair vs header-only (~3 min)
 	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
 	$(PY) -m data_prep.phantom paths.workspace=$$d n_subjects=40 workers=2 >/dev/null && \
 	$(PY) -m data_prep.curate paths.workspace=$$d progress=false >/dev/null && \
