@@ -75,6 +75,7 @@ def flag_cohort(phantom_cohort, phantom_index, tmp_path_factory) -> Path:
     outside = labels.copy()
     outside[-6:, :5, :5] = classes.id_of("spleen")  # a blob in the corner of the field of view, in the air
     _write_like(outside, base, folder / "err_outside.nii.gz")
+    _write_like(np.zeros_like(labels), base, folder / "err_empty.nii.gz")  # what an untrained round model predicts
     (folder / "err_broken.nii.gz").write_bytes(b"not a nifti file")
     return folder
 
@@ -110,6 +111,13 @@ def test_deliberate_left_right_swap_is_flagged(flags):
     assert "kidney_left/kidney_right" in _findings(findings, "err_swap", "lr_swap")
     originals = [s for s in table.index if not s.startswith("err_")]
     assert not table.loc[originals, "lr_swap"].any(), table.loc[originals, "flags"]
+
+
+def test_an_all_background_map_is_flagged_and_the_cohort_goes_on(flags):
+    table, findings, _ = flags
+    assert table.loc["err_empty", "flags"] == "missing_expected: every class"
+    assert findings[findings.subject_id == "err_empty"].detail.tolist() == ["the label map is all background"]
+    assert table.loc["err_swap", "lr_swap"] and table.drop(index="err_empty").n_flags.sum() > 0
 
 
 def test_missing_organ_is_flagged(flags):

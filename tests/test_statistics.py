@@ -174,3 +174,31 @@ def test_radiomics_features_come_from_pyradiomics_and_agree_with_our_measures(st
         ours = mine.set_index("class_id").loc[class_id]
         assert row[f"{PREFIX}original_firstorder_Mean"] == pytest.approx(ours.mean_hu, abs=1e-6)
         assert row[f"{PREFIX}original_shape_VoxelVolume"] / 1000.0 == pytest.approx(ours.volume_ml, rel=1e-9)
+
+
+def test_model_predicts_the_images_first_then_measures_its_label_maps(tiny_run, tmp_path):
+    """``model=``: tiny (trained once per session) predicts its test subject's image, the statistics measure the
+    prediction; a second run keeps the prediction and measures nothing again."""
+    import json
+
+    subject = json.loads((tiny_run / "nnunet" / "split.json").read_text())["test"][0]
+    images = tmp_path / "images"
+    images.mkdir()
+    os.symlink(nifti_path(tiny_run / "curated" / "images", subject), nifti_path(images, subject))
+    cfg = compose_config("statistics", [f"paths.workspace={tmp_path}", f"model={tiny_run / 'results' / 'tiny'}",
+                                        f"images_dir={images}", f"subjects_csv={tiny_run / 'curated' / 'subjects.csv'}",
+                                        "device=cpu", "workers=1", "progress=false"])
+    report = run(cfg)
+    assert report[["subject_id", "status"]].values.tolist() == [[subject, "measured"]]
+    predicted = nifti_path(cfg.predicted_dir, subject)
+    label_img = sitk.ReadImage(str(predicted))
+    image = sitk.ReadImage(str(nifti_path(images, subject)))
+    assert label_img.GetSize() == image.GetSize() and np.allclose(label_img.GetOrigin(), image.GetOrigin())
+    counts = np.bincount(sitk.GetArrayFromImage(label_img).ravel(), minlength=classes.num_classes() + 1)
+    table = pd.read_parquet(f"{cfg.out}/statistics.parquet")
+    assert (table.subject_id == subject).all() and len(table) == np.count_nonzero(counts[1:]) > 0
+    assert dict(zip(table.class_id, table.voxels)) == {c: counts[c] for c in np.flatnonzero(counts[1:]) + 1}
+    assert table.age.notna().all()  # the subject's curation metadata joined to the model's label maps
+    before = predicted.stat().st_mtime_ns
+    again = run(cfg)
+    assert predicted.stat().st_mtime_ns == before and list(again.status) == ["reused"]

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from annotation_loop.qa.flags import FlagParams, cohort_flags
-from annotation_loop.qa.label_stats import StatsParams, measure
+from annotation_loop.qa.label_stats import CLASS_COLUMNS, StatsParams, measure
 from annotation_loop.qa.meshing import VoxelGrid
 from annotation_loop.qa.subjects import read_ct_on, subject_ids as list_subjects
 from totalseg_train.atomic import write_table
@@ -83,7 +83,7 @@ def compute_flags(
         log.error(error)
     good = [(s, c, scan) for s, c, scan, e in results if not e]
     stats = pd.concat([c for _, c, _ in good], ignore_index=True) if good else pd.DataFrame(
-        columns=["subject_id", "class_name", "cx", "cz", "truncated", "volume_ml", "n_components", "outside_fraction", "outside_ml"])
+        columns=["subject_id", *CLASS_COLUMNS]).astype(CLASS_COLUMNS)
     scans = pd.DataFrame([scan for _, _, scan in good], index=pd.Index([s for s, _, _ in good], name="subject_id"))
     table, findings = cohort_flags(stats, scans, FlagParams(**OmegaConf.to_container(cfg.flags.rules, resolve=True)))
     if out_dir is not None:

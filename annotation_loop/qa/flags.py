@@ -107,6 +107,9 @@ def missing_expected(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) ->
     findings = []
     for subject, scan in scans.iterrows():
         present = stats[stats.subject_id == subject].set_index("class_name")
+        if present.empty:
+            findings.append(_finding(subject, "missing_expected", "every class", "the label map is all background"))
+            continue
         reasons: dict[str, str] = {}
         to_level = mappings.get(subject)
         if to_level is not None:

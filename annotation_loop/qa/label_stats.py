@@ -27,6 +27,15 @@ class StatsParams:
     isolation_mm: float = 60.0  # without a CT: a piece of a class this far from every other label is outside
 
 
+# The per-class table's columns and types, also for a label map without any class (an all-background map, or
+# what a round model that has learnt nothing predicts): untyped empty columns would turn the cohort's flags
+# into object arithmetic.
+CLASS_COLUMNS = {"class_id": "int64", "class_name": "object", "voxels": "int64", "volume_ml": "float64",
+                 "cx": "float64", "cy": "float64", "cz": "float64", "z_top": "float64", "z_bottom": "float64",
+                 "truncated": "bool", "n_components": "int64", "largest_component_fraction": "float64",
+                 "outside_fraction": "float64", "outside_ml": "float64"}
+
+
 @dataclass
 class SubjectStats:
     classes: pd.DataFrame  # one row per class present
@@ -178,4 +187,4 @@ def measure(
         "labels_cx": float(weighted[0] / total) if total else np.nan,
         "body_source": body_source,
     }
-    return SubjectStats(pd.DataFrame(rows), scan)
+    return SubjectStats(pd.DataFrame(rows, columns=list(CLASS_COLUMNS)).astype(CLASS_COLUMNS), scan)
