@@ -187,6 +187,7 @@ def write_heart_split(workspace: Path, cohort: list[str]) -> None:
     whose native partner QC held back) as often as a pair, and the test compares native and contrast."""
     from totalseg_train.engine.split import Split, SplitSettings, split_to_json
 
+    settings = SplitSettings.from_config(compose_config("train", ["+experiment=heart_tiny"]).split)
     subjects = pd.read_csv(workspace / "curated" / "subjects.csv", dtype=str, keep_default_na=False)
     subjects = subjects[subjects.subject_id.isin(cohort)].set_index("subject_id")
     patient_of = subjects.patient.to_dict()
@@ -194,7 +195,7 @@ def write_heart_split(workspace: Path, cohort: list[str]) -> None:
     others = sorted(set(subjects.patient) - {pairs[0]})
     members = {"test": [pairs[0]], "val": [others[0]], "train": others[1:]}
     ids = {g: tuple(sorted(s for s, p in patient_of.items() if p in patients)) for g, patients in members.items()}
-    split = Split(ids["train"], ids["val"], ids["test"], SplitSettings(1082, 57, 65, True, 0))
+    split = Split(ids["train"], ids["val"], ids["test"], settings)
     (workspace / "nnunet").mkdir(exist_ok=True)
     (workspace / "nnunet" / "split_heart.json").write_text(split_to_json(split, patient_of))
 

@@ -147,7 +147,7 @@ def test_round_predictions_take_the_heart_models_heart_voxels_and_nothing_else_c
             assert np.array_equal(prediction, raw) and subject_id not in priors
             assert uncertainty[subject_id] == pytest.approx(np.average(rows.mean_entropy, weights=rows.n_voxels))
             continue
-        heart = read(loop["ws"] / "heart" / "predicted" / f"{subject_id}.nii.gz")
+        heart = heart_of(loop, subject_id)
         given = np.isin(heart, HEART)
         assert given.sum() > 100 and np.array_equal(prediction[given], heart[given])
         # Elsewhere: the round model's labels, its own heart voxels cleared.

@@ -89,8 +89,7 @@ def score_pair(
         np.fill_diagonal(wrong, 0)
         wrong[:, 0] = 0
         confused_with = wrong.argmax(axis=1)
-        confused_voxels = wrong[np.arange(N_LABELS), confused_with]
-        confused_with[confused_voxels == 0] = 0
+        confused_voxels = wrong[np.arange(N_LABELS), confused_with]  # a row of zeros gives class 0
         gt_boxes, pred_boxes = _class_boxes(gt), _class_boxes(pred)
         for c in np.flatnonzero(gt_voxels[1:]) + 1:
             if pred_voxels[c] == 0:

@@ -37,15 +37,18 @@ def group_failure_share(scores: pd.DataFrame, prefixes: list[str], dice_below: f
 MIXED_VERTEBRAE = "neighbouring_vertebrae_mixed"
 
 
+def _scored_vertebrae(scores: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, int]]:
+    """The rows of vertebrae in the ground truth, and each vertebra's cranio-caudal position."""
+    position = {c.id: i for i, c in enumerate(classes.vertebrae_cranio_caudal())}
+    return scores[scores["gt_present"] & scores["class_id"].isin(position)], position
+
+
 def neighbour_mixups(scores: pd.DataFrame) -> pd.DataFrame:
     """Vertebrae labelled as a neighbour: more of the vertebra's ground-truth voxels predicted as the vertebra
     above or below than as itself (the evaluation's ``confused_with`` / ``confused_voxels``)."""
-    order = [c.id for c in classes.vertebrae_cranio_caudal()]
-    neighbours = {c: {order[i - 1] if i else None, order[i + 1] if i + 1 < len(order) else None}
-                  for i, c in enumerate(order)}
-    scored = scores[scores["gt_present"] & scores["class_id"].isin(order)]
-    mixed = [bool(cw in neighbours[c] and n > kept) for c, cw, n, kept in
-             zip(scored["class_id"], scored["confused_with"], scored["confused_voxels"], scored["intersection_voxels"])]
+    scored, position = _scored_vertebrae(scores)
+    step = (scored["confused_with"].map(position) - scored["class_id"].map(position)).abs()
+    mixed = (step == 1) & (scored["confused_voxels"] > scored["intersection_voxels"])
     table = scored.loc[mixed, ["subject_id", "class_id", "class_name", "confused_with", "confused_voxels",
                                "intersection_voxels"]]
     return table.assign(confused_with_name=[classes.by_id(int(c)).name for c in table["confused_with"]])
@@ -58,8 +61,7 @@ def paper_failures(scores: pd.DataFrame, groups: dict[str, list[str]], dice_belo
     for _, paper in published.headline().loc[lambda t: t["table"] == "failure_cases"].iterrows():
         prefixes = groups.get(paper["model"])
         if paper["model"] == MIXED_VERTEBRAE and "confused_with" in scores.columns:
-            with_vertebrae = scores[scores["gt_present"] & scores["class_name"].str.startswith("vertebrae_")]
-            subjects = int(with_vertebrae["subject_id"].nunique())
+            subjects = int(_scored_vertebrae(scores)[0]["subject_id"].nunique())
             failures = int(neighbour_mixups(scores)["subject_id"].nunique())
             share = failures / subjects if subjects else None
             how = "a vertebra predicted more as the vertebra above or below than as itself"
