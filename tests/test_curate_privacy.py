@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import re
 from pathlib import Path
 
@@ -69,14 +70,17 @@ def test_no_identifying_string_in_any_output(curated_workspace, phantom_cohort):
     assert leaks([key], {s for s in secrets if s.startswith("PID")})
 
 
-def test_patients_without_consent_leave_no_trace(curated_workspace, phantom_index):
+def test_patients_without_consent_leave_no_trace_but_a_count(curated_workspace, phantom_index):
     series = pd.read_parquet(curated_workspace / "curated" / "series.parquet")
-    no_consent = series[series.reason == "no_consent"]
-    assert len(no_consent) == (phantom_index.consent != "yes").sum() == 2
-    described = no_consent.drop(columns=["series_id", "decision", "reason", "detail", "n_files"])
-    assert described.isna().all().all(), "a series without consent keeps only its decision"
+    summary = json.loads((curated_workspace / "curated" / "curation.json").read_text())
+    refused_series = (phantom_index.consent != "yes").sum()
+    assert summary["without_consent"] == refused_series == 2
+    assert len(series) == len(phantom_index) - refused_series and summary["series"] == len(phantom_index)
+    assert "no_consent" not in set(series.reason)
     key = pd.read_csv(curated_workspace / "private" / "pseudonym_key.csv", dtype=str)
     refused = set(phantom_index.loc[phantom_index.consent != "yes", "patient_id"])
     assert not refused & set(key.PatientID)
     mapping = pd.read_csv(curated_workspace / "private" / "pseudonyms.csv", dtype=str)
     assert not refused & set(mapping.original)
+    refused_uids = set(phantom_index.loc[phantom_index.consent != "yes", "series_uid"])
+    assert not refused_uids & set(mapping.original), "series of patients without consent get no pseudonym"

@@ -24,17 +24,20 @@ def real_run(shared_dir, tmp_path_factory):
     source = shared_dir / "data" / "ct_example" / "example_ct_dicom"
     dicom = tmp / "dicom"
     shutil.copytree(source, dicom / "series")
+    # The example is an anonymised export without PatientID; the consent gate looks patients up by it.
+    for path in (dicom / "series").iterdir():
+        ds = pydicom.dcmread(path)
+        ds.PatientID = "RESEARCH-0001"
+        ds.save_as(path)
     (dicom / "notes.txt").write_text("exported from PACS, 20 slices\n")
     first = sorted(source.iterdir())[0].read_bytes()
     (dicom / "series" / "broken_copy").write_bytes(first[: len(first) // 2])
     (dicom / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 4)
     (dicom / "empty").write_bytes(b"")
     consent = tmp / "consent.csv"
-    consent.write_text("patient_id,research_consent\n")
+    consent.write_text("patient_id,research_consent\nRESEARCH-0001,yes\n")
     cfg = compose_config("curate", [f"paths.workspace={tmp / 'ws'}", f"dataset.dicom_root={dicom}",
-                                    f"dataset.consent_csv={consent}", "workers=1", "progress=false",
-                                    # anonymised research data: no PatientID to look up, consent given
-                                    "rules.consent.enabled=false"])
+                                    f"dataset.consent_csv={consent}", "workers=1", "progress=false"])
     return cfg, curate(cfg), source
 
 

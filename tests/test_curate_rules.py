@@ -7,7 +7,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from data_prep.curate.rules import RuleContext, apply_rules, describe
+from data_prep.curate.consent import consent_given
+from data_prep.curate.rules import apply_rules, describe
 from data_prep.curate.scan import scan_tree
 from data_prep.curate.selection import select_series
 from data_prep.curate.series import group_series, stack_geometry
@@ -141,7 +142,25 @@ def test_series_choice_prefers_soft_kernel_then_thinnest_and_pairs_native_with_c
 def test_unknown_rule_in_config_is_an_error():
     cfg = compose_config("curate", ["+rules.colour.enabled=true", "+rules.colour.reason=x"])
     with pytest.raises(ValueError, match="rules.colour: unknown rule"):
-        apply_rules(series_rows(), cfg.rules, RuleContext({}))
+        apply_rules(series_rows(), cfg.rules)
+
+
+def test_consent_is_a_gate_no_setting_switches_off():
+    with pytest.raises(Exception, match="consent"):
+        compose_config("curate", ["rules.consent.enabled=false"])
+    cfg = compose_config("curate", ["+rules.consent.enabled=false"])
+    with pytest.raises(ValueError, match="gate before every rule"):
+        apply_rules(series_rows(), cfg.rules)
+    with pytest.raises(ValueError, match="consent.accepted is empty"):
+        consent_given(pd.Series(["P1"]), {"P1": "yes"}, [""])
+
+
+def test_consent_given_only_where_the_registry_says_so():
+    registry = {"P1": "yes", "P2": " Yes ", "P3": "no", "P4": "refused", "P5": "", "": "yes"}
+    patients = pd.Series(["P1", "P2 ", "P3", "P4", "P5", "P6", ""])
+    assert consent_given(patients, registry, ["yes"]).tolist() == [True, True, False, False, False, False, False]
+    assert consent_given(patients, registry, ["yes", "refused"]).tolist() == [True, True, False, True, False, False,
+                                                                             False]
 
 
 def blank_region_headers(phantom_cohort, index, exam_ids, out):
@@ -161,13 +180,12 @@ def test_legs_and_hands_recognised_from_the_scan_geometry_alone(phantom_cohort, 
     blank_region_headers(phantom_cohort, phantom_index, ["p0003_e0", "p0004_e0"], tmp_path)
     scan = scan_tree(tmp_path, workers=2, progress=False)
     series = describe(group_series(scan.files).series, VOCABULARY)
-    consent = dict(zip(phantom_index.patient_id, phantom_index.consent))
-    judged = apply_rules(series, CFG.rules, RuleContext(consent)).sort_values("n_slices")
+    judged = apply_rules(series, CFG.rules).sort_values("n_slices")
     assert judged.reason.tolist() == ["hands_only", "legs_only"]
     assert (judged.region_source == "geometry").all()
     # Each rule can be switched off: then nothing else stops these series.
     off = compose_config("curate", ["rules.legs.enabled=false", "rules.hands.enabled=false"])
-    assert set(apply_rules(series, off.rules, RuleContext(consent)).decision) == {"included"}
+    assert set(apply_rules(series, off.rules).decision) == {"included"}
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +197,6 @@ def real_series(shared_dir):
 
 @pytest.mark.parametrize("overrides, reason", [
     ([], "included"),
-    (["rules.consent.enabled=true"], "no_consent"),                 # the registry does not know the patient
     (["rules.modality.allowed=[MR]"], "not_ct"),
     (["rules.localizer.descriptions=['\\bbody\\b']"], "localizer"),
     (["rules.derived.image_type_value1=[ORIGINAL]"], "derived"),
@@ -191,6 +208,6 @@ def real_series(shared_dir):
     (["rules.gantry_tilt.max_deg=-1"], "gantry_tilt"),
 ])
 def test_each_rule_is_configurable_and_leaves_its_reason(real_series, overrides, reason):
-    cfg = compose_config("curate", ["rules.consent.enabled=false", *overrides])
-    judged = apply_rules(real_series, cfg.rules, RuleContext({})).iloc[0]
+    cfg = compose_config("curate", overrides)
+    judged = apply_rules(real_series, cfg.rules).iloc[0]
     assert (judged.reason or judged.decision) == reason

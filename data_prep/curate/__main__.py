@@ -15,8 +15,8 @@ def main(cfg: DictConfig) -> None:
     print(f"  header scan: {s.n_files} files in {s.scan_seconds:.1f} s "
           f"({s.n_files / max(s.scan_seconds, 1e-9):.0f} files/s); {s.n_problem_files} not usable "
           f"(listed in {cfg.paths.private}/unreadable_files.csv)")
-    print(f"  {s.n_series} series: {s.n_subjects} subjects included, {s.n_converted} converted now, "
-          f"{s.n_removed} images removed")
+    print(f"  {s.n_series + s.n_without_consent} series, {s.n_without_consent} of patients without research consent "
+          f"(not kept); {s.n_subjects} subjects included, {s.n_converted} converted now, {s.n_removed} images removed")
     for reason, count in sorted(s.reasons.items(), key=lambda kv: -kv[1]):
         print(f"    excluded {reason:<22} {count}")
     print(f"  subjects: {s.curated}/subjects.csv; every series with its decision: {s.curated}/series.parquet")

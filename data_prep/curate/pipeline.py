@@ -16,7 +16,8 @@ from tqdm import tqdm
 from data_prep.curate.characteristics import characteristics_table, to_markdown
 from data_prep.curate.convert import convert_series, is_current
 from data_prep.curate.pseudonyms import PseudonymStore
-from data_prep.curate.rules import EXCLUDED, INCLUDED, RuleContext, apply_rules, describe
+from data_prep.curate.consent import consent_given, read_consent
+from data_prep.curate.rules import EXCLUDED, INCLUDED, apply_rules, describe
 from data_prep.curate.scan import scan_tree
 from data_prep.curate.selection import select_series
 from data_prep.curate.series import group_series
@@ -49,8 +50,6 @@ SERIES_COLUMNS = [
     "contrast_agent", "contrast_phase", "contrast", "phase_group", "body_part", "body_region", "region_source",
     "paired_series_id", "paired_subject_id", "pair_same_frame", "content_hash", "transfer_syntax",
 ]
-# A series excluded for lack of consent keeps only these: nothing about the patient or the scan.
-NO_CONSENT_COLUMNS = ["series_id", "decision", "reason", "detail", "n_files"]
 
 
 @dataclass
@@ -62,23 +61,13 @@ class CurationSummary:
     n_subjects: int
     n_converted: int                 # images written by this run
     n_removed: int                   # images removed (consent withdrawn, excluded by annotators)
+    n_without_consent: int           # series stopped by the consent gate: all that is kept of them
     scan_seconds: float
     convert_seconds: float
     series: pd.DataFrame             # series.parquet
     subjects: pd.DataFrame           # subjects.csv
     characteristics: pd.DataFrame
     reasons: dict[str, int] = field(default_factory=dict)
-
-
-def read_consent(path: str | Path, patient_column: str, consent_column: str) -> dict[str, str]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: consent registry not found (set dataset.consent_csv)")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = {patient_column, consent_column} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: consent registry lacks the column(s) {sorted(missing)}; it has {list(table.columns)}")
-    return dict(zip(table[patient_column].str.strip(), table[consent_column]))
 
 
 def read_exclusions(path: str | Path | None, subject_column: str, note_column: str) -> dict[str, str]:
@@ -95,32 +84,26 @@ def read_exclusions(path: str | Path | None, subject_column: str, note_column: s
     return dict(zip(table[subject_column].str.strip(), notes))
 
 
-def _assign_people(series: pd.DataFrame, store: PseudonymStore, consent_reason: str, max_age: float) -> pd.DataFrame:
-    """Pseudonymous ids for every series, and for the patients, exams and sites of consenting ones."""
+def _assign_people(series: pd.DataFrame, store: PseudonymStore, max_age: float) -> pd.DataFrame:
+    """Pseudonymous ids for the series, patients, exams and sites (all of consenting patients)."""
     out = series.copy()
     out["series_id"] = out["series_key"].map(store.assign("series", out["series_key"]))
-    ok = out["reason"] != consent_reason
-    patient_key = _patient_keys(out)
-    patients = store.assign("patient", patient_key[ok])
-    exams = store.assign("exam", out.loc[ok, "study_key"])
-    sites = store.assign("site", out.loc[ok & (out["institution"] != ""), "institution"])
-    out["patient"] = patient_key.map(patients).where(ok, "")
-    out["exam"] = out["study_key"].map(exams).where(ok, "")
-    out["site"] = out["institution"].map(sites).fillna("unknown").where(ok, "")
+    patients = store.assign("patient", out["patient_id"])
+    exams = store.assign("exam", out["study_key"])
+    sites = store.assign("site", out.loc[out["institution"] != "", "institution"])
+    out["patient"] = out["patient_id"].map(patients)
+    out["exam"] = out["study_key"].map(exams)
+    out["site"] = out["institution"].map(sites).fillna("unknown")
     out["age"] = out["age"].clip(upper=max_age)
     return out
 
 
-def _patient_keys(series: pd.DataFrame) -> pd.Series:
-    """PatientID, or the exam's key where an anonymised export left it empty (one exam, one patient)."""
-    return series["patient_id"].where(series["patient_id"] != "", "study:" + series["study_key"])
-
-
-def _forget_without_consent(series: pd.DataFrame, store: PseudonymStore, consent_reason: str) -> None:
-    """A patient who withdrew consent leaves the key: identifying originals are dropped, ids retired."""
-    gone = series[series["reason"] == consent_reason]
+def _forget_without_consent(gone: pd.DataFrame, store: PseudonymStore) -> None:
+    """Series stopped by the consent gate leave the key: identifying originals of a patient who withdrew
+    are dropped and their ids retired, never reused."""
     retired = store.forget_subjects(gone["series_key"])
-    store.forget("patient", _patient_keys(gone))
+    store.forget("series", gone["series_key"])
+    store.forget("patient", gone["patient_id"])
     store.forget("exam", gone["study_key"])
     if retired:
         log.info("consent no longer given: %d curated subjects retired (%s)", len(retired), ", ".join(retired))
@@ -172,9 +155,8 @@ def _remove_uncurated(images: Path, provenance: Path, keep: set[str]) -> int:
     return removed
 
 
-def series_table(series: pd.DataFrame, subject_ids: dict[str, str], consent_reason: str) -> pd.DataFrame:
-    """series.parquet: pseudonymous ids, pairs among the included series, nothing identifying, and of a
-    series without consent nothing but its decision."""
+def series_table(series: pd.DataFrame, subject_ids: dict[str, str]) -> pd.DataFrame:
+    """series.parquet: pseudonymous ids, pairs among the included series, nothing identifying."""
     out = series.copy()
     included = out["decision"] == INCLUDED
     ids = dict(zip(out["series_key"], out["series_id"]))
@@ -191,10 +173,6 @@ def series_table(series: pd.DataFrame, subject_ids: dict[str, str], consent_reas
                    "duplicate_positions"):
         out[column] = pd.to_numeric(out[column], errors="coerce").round().astype("Int64")
     table = out[SERIES_COLUMNS].copy()
-    no_consent = out["reason"] == consent_reason
-    for column in SERIES_COLUMNS:
-        if column not in NO_CONSENT_COLUMNS:
-            table[column] = table[column].mask(no_consent)
     return table.sort_values("series_id").reset_index(drop=True)
 
 
@@ -204,7 +182,7 @@ def curate(cfg: DictConfig) -> CurationSummary:
     images, provenance = curated / "images", curated / "provenance"
     for folder in (curated, private, reports):
         remove_stale_temporaries(folder)
-    consent = read_consent(cfg.dataset.consent_csv, cfg.consent.patient_column, cfg.consent.consent_column)
+    registry = read_consent(cfg.dataset.consent_csv, cfg.consent.patient_column, cfg.consent.consent_column)
     exclusions = read_exclusions(cfg.dataset.get("exclusions_csv"), cfg.exclusions.subject_column,
                                  cfg.exclusions.note_column)
     root = str(Path(cfg.dataset.dicom_root).resolve())
@@ -216,14 +194,16 @@ def curate(cfg: DictConfig) -> CurationSummary:
              scan.n_files / max(scan.seconds, 1e-9), len(scan.problems))
     write_table(scan.problems, private / PROBLEMS_FILE)
     grouped = group_series(scan.files, float(cfg.rules.geometry.orientation_tolerance))
-    series = describe(grouped.series, Vocabulary(cfg.vocabulary))
-    series = apply_rules(series, cfg.rules, RuleContext(consent))
-
+    consenting = consent_given(grouped.series["patient_id"], registry, cfg.consent.accepted)
     store = PseudonymStore(private)
-    _forget_without_consent(series, store, cfg.rules.consent.reason)
+    _forget_without_consent(grouped.series[~consenting], store)
+    n_without_consent = int((~consenting).sum())
+    series = describe(grouped.series[consenting].reset_index(drop=True), Vocabulary(cfg.vocabulary))
+    series = apply_rules(series, cfg.rules)
+
     curated_before = store.subject_ids()
     series = select_series(series, cfg.selection, set(curated_before))
-    series = _assign_people(series, store, cfg.rules.consent.reason, float(cfg.pseudonymise.max_age))
+    series = _assign_people(series, store, float(cfg.pseudonymise.max_age))
     included = series[series["decision"] == INCLUDED].sort_values(["patient", "exam", "series_number", "series_key"])
     store.add_subjects(included)
     store.save()  # the key exists before any image named by it
@@ -252,7 +232,7 @@ def curate(cfg: DictConfig) -> CurationSummary:
         log.warning("%d series could not be converted (reason %r in %s)", len(failed), UNREADABLE, SERIES_TABLE)
 
     n_removed = _remove_uncurated(images, provenance, set(series.loc[series["decision"] == INCLUDED, "subject_id"]))
-    table = series_table(series, subject_ids, cfg.rules.consent.reason)
+    table = series_table(series, subject_ids)
     subjects = table.loc[table["decision"] == INCLUDED, SUBJECT_COLUMNS].sort_values("subject_id")
     subjects = subjects.reset_index(drop=True)
 
@@ -264,10 +244,11 @@ def curate(cfg: DictConfig) -> CurationSummary:
     write_text(reports / f"{CHARACTERISTICS}.md", to_markdown(chars))
     reasons = {str(k): int(v) for k, v in table.loc[table["decision"] != INCLUDED, "reason"].value_counts().items()}
     summary = CurationSummary(curated, scan.n_files, len(scan.problems), len(series), len(subjects), n_converted,
-                              n_removed, scan.seconds, convert_seconds, table, subjects, chars, reasons)
+                              n_removed, n_without_consent, scan.seconds, convert_seconds, table, subjects, chars, reasons)
     write_text(curated / SUMMARY_FILE, json.dumps({
         "files": scan.n_files, "problem_files": scan.problems["problem"].value_counts().to_dict(),
-        "series": len(series), "subjects": len(subjects), "converted_now": n_converted, "removed_now": n_removed,
+        "series": len(series) + n_without_consent, "without_consent": n_without_consent,
+        "subjects": len(subjects), "converted_now": n_converted, "removed_now": n_removed,
         "excluded_by_reason": reasons, "scan_seconds": round(scan.seconds, 2),
         "convert_seconds": round(convert_seconds, 2)}, indent=1))
     log.info("curation: %d series, %d subjects included, %d converted now, %d removed", len(series), len(subjects),

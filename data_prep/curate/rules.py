@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pandas as pd
 
@@ -18,25 +17,11 @@ INCLUDED = "included"
 EXCLUDED = "excluded"
 
 
-@dataclass
-class RuleContext:
-    consent: dict[str, str]   # PatientID -> research consent value
-
-
-def _consent(row, rule, ctx: RuleContext) -> str | None:
-    value = ctx.consent.get(row.patient_id)
-    if value is None:
-        return "patient not in the consent registry"
-    if value.strip().lower() not in {str(v).lower() for v in rule.accepted}:
-        return f"research consent is {value.strip() or 'empty'!r}"
-    return None
-
-
-def _modality(row, rule, ctx) -> str | None:
+def _modality(row, rule) -> str | None:
     return None if row.modality in set(rule.allowed) else f"modality {row.modality or 'missing'}"
 
 
-def _multiframe(row, rule, ctx) -> str | None:
+def _multiframe(row, rule) -> str | None:
     return f"{int(row.frames)} frames in one file" if row.frames > 1 else None
 
 
@@ -44,7 +29,7 @@ def _image_type(row) -> list[str]:
     return [v.strip() for v in str(row.image_type).split("\\")]
 
 
-def _localizer(row, rule, ctx) -> str | None:
+def _localizer(row, rule) -> str | None:
     hits = set(_image_type(row)) & {v.upper() for v in rule.image_type}
     if hits:
         return f"ImageType {sorted(hits)[0]}"
@@ -54,7 +39,7 @@ def _localizer(row, rule, ctx) -> str | None:
     return None
 
 
-def _derived(row, rule, ctx) -> str | None:
+def _derived(row, rule) -> str | None:
     if rule.allow:
         return None
     values = _image_type(row) + ["", ""]
@@ -63,7 +48,7 @@ def _derived(row, rule, ctx) -> str | None:
     return None
 
 
-def _geometry(row, rule, ctx) -> str | None:
+def _geometry(row, rule) -> str | None:
     if not row.positions_complete:
         return "slices without position, orientation or pixel spacing"
     if not row.orientation_consistent:
@@ -73,7 +58,7 @@ def _geometry(row, rule, ctx) -> str | None:
     return None
 
 
-def _min_slices(row, rule, ctx) -> str | None:
+def _min_slices(row, rule) -> str | None:
     return f"{row.n_slices} slices < {rule.value}" if row.n_slices < rule.value else None
 
 
@@ -82,12 +67,12 @@ def slice_thickness(row) -> float:
     return row.slice_thickness if row.slice_thickness == row.slice_thickness else row.slice_spacing
 
 
-def _max_slice_thickness(row, rule, ctx) -> str | None:
+def _max_slice_thickness(row, rule) -> str | None:
     thickness = slice_thickness(row)
     return f"slice thickness {thickness:g} mm > {rule.value_mm:g} mm" if thickness > rule.value_mm else None
 
 
-def _spacing(row, rule, ctx) -> str | None:
+def _spacing(row, rule) -> str | None:
     if row.duplicate_positions:
         return f"{row.duplicate_positions} slices at the same position"
     if row.spacing_deviation > rule.tolerance_mm:
@@ -96,7 +81,7 @@ def _spacing(row, rule, ctx) -> str | None:
     return None
 
 
-def _gantry_tilt(row, rule, ctx) -> str | None:
+def _gantry_tilt(row, rule) -> str | None:
     if abs(row.gantry_tilt) > rule.max_deg:
         return f"GantryDetectorTilt {row.gantry_tilt:g} deg"
     if row.stack_tilt_deg > rule.max_deg:
@@ -104,12 +89,11 @@ def _gantry_tilt(row, rule, ctx) -> str | None:
     return None
 
 
-def _region(row, rule, ctx) -> str | None:
+def _region(row, rule) -> str | None:
     return f"body region {row.body_region} (from {row.region_source})" if row.body_region == rule.region else None
 
 
 RULES: dict[str, Callable] = {
-    "consent": _consent,
     "modality": _modality,
     "multiframe": _multiframe,
     "localizer": _localizer,
@@ -140,10 +124,14 @@ def describe(series: pd.DataFrame, vocabulary: Vocabulary) -> pd.DataFrame:
     return out
 
 
-def apply_rules(series: pd.DataFrame, rules_cfg, ctx: RuleContext) -> pd.DataFrame:
-    """decision / reason / detail of every series from the enabled rules, in config order."""
+def apply_rules(series: pd.DataFrame, rules_cfg) -> pd.DataFrame:
+    """decision / reason / detail of every series from the enabled rules, in config order. Consent is not
+    among them: it is a gate before every rule (data_prep.curate.consent)."""
     checks = []
     for name, rule in rules_cfg.items():
+        if name == "consent":
+            raise ValueError("rules.consent: research consent is a gate before every rule, not a rule that can be "
+                             "switched off; the registry value(s) that mean consent go in consent.accepted")
         if name not in RULES:
             raise ValueError(f"rules.{name}: unknown rule; known rules are {sorted(RULES)}")
         if rule.enabled:
@@ -151,7 +139,7 @@ def apply_rules(series: pd.DataFrame, rules_cfg, ctx: RuleContext) -> pd.DataFra
     decisions, reasons, details = [], [], []
     for row in series.itertuples():
         for check, rule in checks:
-            detail = check(row, rule, ctx)
+            detail = check(row, rule)
             if detail:
                 decisions.append(EXCLUDED)
                 reasons.append(rule.reason)

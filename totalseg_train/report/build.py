@@ -32,7 +32,8 @@ def build_sections(cfg: DictConfig) -> list[Section]:
     paper_models = dict(_plain(cfg.paper.models))
     overall, per_class = overall_section(experiments, missing, bootstrap, paper_models)
     return [
-        dataset_section(Path(inputs.subjects_csv), Path(inputs.series_table), Path(inputs.characteristics_csv),
+        dataset_section(Path(inputs.subjects_csv), Path(inputs.series_table), Path(inputs.curation_summary),
+                        Path(inputs.characteristics_csv),
                         Path(inputs.split_file), dict(_plain(cfg.dataset.paper_exclusions)), workspace),
         overall,
         per_class_section(experiments, per_class, int(cfg.per_class.worst)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from totalseg_train.engine.split import read_split
 from totalseg_train.report.document import Figure, Section, Table, png_of
 
 INCLUDED = "included"  # curation's decision for a kept series
+NO_CONSENT = "no_consent"  # the row of the series curation's consent gate stopped
 SPLITS = ("train", "val", "test")
 PAPER_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 # The characteristics the figure shows, in this order (curation's characteristic titles, plus the scanner).
@@ -37,13 +39,16 @@ def characteristics_with_scanner(characteristics: pd.DataFrame, subjects: pd.Dat
     return pd.concat([characteristics.iloc[:cut], scanners, characteristics.iloc[cut:]], ignore_index=True)
 
 
-def exclusion_table(series: pd.DataFrame, paper_reasons: dict[str, list[str]]) -> pd.DataFrame:
-    """Series seen, excluded by reason and kept, with the paper's count where it has one. ``paper_reasons``: the
-    headline's dataset counts (excluded_extremities, ...) -> the curation reasons each stands for; those reasons
-    share one row (``reason``: joined with '+'), the other reasons have a row each."""
+def exclusion_table(series: pd.DataFrame, without_consent: int, paper_reasons: dict[str, list[str]]) -> pd.DataFrame:
+    """Series seen, excluded by reason and kept, with the paper's count where it has one. ``without_consent``:
+    series stopped by curation's consent gate (only their number is kept; reason ``no_consent``).
+    ``paper_reasons``: the headline's dataset counts (excluded_extremities, ...) -> the curation reasons each
+    stands for; those reasons share one row (``reason``: joined with '+'), the other reasons have a row each."""
     decided = series["decision"].astype(str)
     counts = series.loc[decided != INCLUDED, "reason"].fillna("").astype(str).value_counts()
-    rows = [{"step": "series seen", "reason": "", "paper_reason": "sampled", "n": len(series),
+    if without_consent:
+        counts[NO_CONSENT] = without_consent
+    rows = [{"step": "series seen", "reason": "", "paper_reason": "sampled", "n": len(series) + without_consent,
              "paper_n": published.value("dataset", "count", "sampled")}]
     grouped = set()
     for paper, reasons in paper_reasons.items():
@@ -88,8 +93,8 @@ def characteristics_figure(table: pd.DataFrame) -> bytes:
     return png_of(fig)
 
 
-def dataset_section(subjects_csv: Path, series_table: Path, characteristics_csv: Path, split_file: Path,
-                    paper_reasons: dict[str, list[str]], workspace: str) -> Section:
+def dataset_section(subjects_csv: Path, series_table: Path, curation_summary: Path, characteristics_csv: Path,
+                    split_file: Path, paper_reasons: dict[str, list[str]], workspace: str) -> Section:
     section = Section(1, "Dataset", "Table 1, Figures 2-3")
     curate = f"`python -m data_prep.curate paths.workspace={workspace}`"
     if not (Path(subjects_csv).is_file() and Path(series_table).is_file() and Path(characteristics_csv).is_file()):
@@ -98,6 +103,7 @@ def dataset_section(subjects_csv: Path, series_table: Path, characteristics_csv:
         return section
     subjects = pd.read_csv(subjects_csv, dtype=str, keep_default_na=False)
     series = pd.read_parquet(series_table)
+    summary = json.loads(Path(curation_summary).read_text()) if Path(curation_summary).is_file() else {}
     characteristics = characteristics_with_scanner(pd.read_csv(characteristics_csv), subjects)
     section.text.append(f"{len(subjects)} subjects (CT series) of {subjects['patient'].nunique()} patients, from "
                         "curation's tables. The paper's cohort: 1204 CT series of 1204 subjects.")
@@ -106,7 +112,7 @@ def dataset_section(subjects_csv: Path, series_table: Path, characteristics_csv:
     section.figures.append(Figure("dataset_characteristics", "Subjects by characteristic",
                                   characteristics_figure(characteristics)))
     section.tables.append(Table(
-        "dataset_exclusions", "Series seen, excluded by reason, kept", exclusion_table(series, paper_reasons),
+        "dataset_exclusions", "Series seen, excluded by reason, kept", exclusion_table(series, int(summary.get("without_consent", 0)), paper_reasons),
         note="The paper sampled 1368 CT series and excluded 37 of the extremities, 87 with missing slices and 40 too "
              "ambiguous to annotate; curation also sees the series a site exports besides (localizers, derived "
              "images, other modalities), which the paper's sample never held."))
