@@ -24,6 +24,7 @@ from annotation_loop.effort import correction_effort
 from annotation_loop.ledger import IN_CORRECTION, REVIEWED, Ledger, LedgerError
 from annotation_loop.label_store import FinalLabelExists, LabelStore, same_labels
 from annotation_loop.report import write_round_report
+from totalseg_train.config import CONFIG_PATH
 from totalseg_train.images import Geometry, ImageFileError, nifti_path, subject_id_of
 from totalseg_train.label_maps import LabelFileError, read_label_map
 
@@ -139,7 +140,7 @@ def ingest(cfg: DictConfig) -> IngestResult:
     return result
 
 
-@hydra.main(config_path="../configs", config_name="ingest", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="ingest", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     result = ingest(cfg)
     print(f"accepted {len(result.accepted)} corrected label maps, "

@@ -29,6 +29,7 @@ from annotation_loop.report import write_round_report
 from annotation_loop.start import register_curated, worklist_path
 from annotation_loop.worklist import rank
 from totalseg_train.atomic import write_table
+from totalseg_train.config import CONFIG_PATH
 from totalseg_train.engine.inference import ENTROPY_TABLE
 from totalseg_train.heart_predictions import heart_class_ids
 from totalseg_train.images import nifti_path
@@ -194,7 +195,7 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
     return RoundResult(number, n, batch, worklist, done)
 
 
-@hydra.main(config_path="../configs", config_name="round", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="round", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         result = run_round(cfg)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from scipy import ndimage
 
 from annotation_loop.ledger import IN_CORRECTION, Ledger
+from totalseg_train.config import CONFIG_PATH
 from totalseg_train.images import nifti_path, write_image
 from totalseg_train.label_maps import read_label_map
 
@@ -83,7 +84,7 @@ def simulate_corrections(cfg: DictConfig) -> list[str]:
     return written
 
 
-@hydra.main(config_path="../configs", config_name="simulate_annotator", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="simulate_annotator", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     written = simulate_corrections(cfg)
     print(f"simulated annotator: {len(written)} corrections in {cfg.out}")

@@ -20,6 +20,7 @@ from annotation_loop.heart_prior import heart_predictions, write_start_map
 from annotation_loop.label_store import LabelStore
 from annotation_loop.ledger import IN_CORRECTION, UNLABELED, Ledger
 from totalseg_train.atomic import write_table
+from totalseg_train.config import CONFIG_PATH
 from totalseg_train.images import nifti_path
 
 
@@ -71,7 +72,7 @@ def start(cfg: DictConfig) -> list[str]:
         ledger.close()
 
 
-@hydra.main(config_path="../configs", config_name="bootstrap_start", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="bootstrap_start", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     first = start(cfg)
     if first:

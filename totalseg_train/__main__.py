@@ -7,12 +7,19 @@ prints the resolved config without running.
 
 from __future__ import annotations
 
+import sys
+
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from totalseg_train.config import CONFIG_PATH, experiments
 
 
-@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg.model, "name"):
+        sys.exit("No experiment named: add +experiment=NAME, one of " + ", ".join(experiments())
+                 + " (configs/experiment/; tiny is a few CPU minutes, fast and highres are the paper's models)")
     # nnU-Net reads some settings when first imported: set its environment before importing the engine.
     from totalseg_train.engine.environment import configure_nnunet
 

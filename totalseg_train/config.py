@@ -8,7 +8,17 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_PACKAGE = Path(__file__).resolve().parent
+# An installed wheel carries the configs inside the package (pyproject.toml maps configs/ there); a source
+# checkout keeps them at the repository root, beside the packages.
+CONFIG_DIR = next((p for p in (_PACKAGE / "configs", _PACKAGE.parent / "configs") if p.is_dir()),
+                  _PACKAGE.parent / "configs")
+CONFIG_PATH = str(CONFIG_DIR)  # every entry point's @hydra.main(config_path=...): absolute, so any folder works
+
+
+def experiments() -> list[str]:
+    """The experiments a training can name (+experiment=...)."""
+    return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
 def compose_config(config_name: str, overrides: list[str] | None = None) -> DictConfig:

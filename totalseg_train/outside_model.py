@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from totalseg_train import classes
 from totalseg_train.atomic import write_table, write_text
+from totalseg_train.config import CONFIG_PATH
 from totalseg_train.engine.split import read_split
 from totalseg_train.evaluate import evaluate_folders
 from totalseg_train.images import ImageFileError, nifti_path, read_image, write_image
@@ -167,7 +168,7 @@ def score_outside_model(cfg: DictConfig) -> dict:
     return record
 
 
-@hydra.main(config_path="../configs", config_name="outside_model", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="outside_model", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         record = score_outside_model(cfg)

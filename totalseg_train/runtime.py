@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from totalseg_train import published
 from totalseg_train.atomic import write_table
+from totalseg_train.config import CONFIG_PATH
 from totalseg_train.console import captured
 from totalseg_train.engine.model import MANIFEST, load_model
 from totalseg_train.images import NIFTI_SUFFIX, Geometry
@@ -208,7 +209,7 @@ def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, paper_models: dict[str
     return "\n".join(lines)
 
 
-@hydra.main(config_path="../configs", config_name="bench_predict", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="bench_predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         table = bench_predict(cfg)

@@ -6,9 +6,10 @@ import hydra
 from omegaconf import DictConfig
 
 from annotation_loop.review.server import make_server
+from totalseg_train.config import CONFIG_PATH
 
 
-@hydra.main(config_path="../../configs", config_name="review", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="review", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         server = make_server(cfg.qa_dir, cfg.decisions_csv, cfg.host, int(cfg.port))

@@ -13,11 +13,12 @@ import hydra
 from omegaconf import DictConfig
 
 from data_prep.heart_transfer.stage import ERROR, FLAGGED, NO_LABELS, TRANSFERRED, run
+from totalseg_train.config import CONFIG_PATH
 
 log = logging.getLogger("heart_transfer")
 
 
-@hydra.main(config_path="../../configs", config_name="heart_transfer", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="heart_transfer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         report = run(cfg)

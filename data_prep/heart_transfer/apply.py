@@ -25,6 +25,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from totalseg_train import classes
+from totalseg_train.config import CONFIG_PATH
 from totalseg_train.engine.cohort import read_subjects
 from totalseg_train.engine.inference import predict
 from totalseg_train.engine.model import TrainedModel, load_model
@@ -120,7 +121,7 @@ def apply_heart_model(cfg: DictConfig) -> ApplyResult:
     return result
 
 
-@hydra.main(config_path="../../configs", config_name="heart_apply", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="heart_apply", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         result = apply_heart_model(cfg)

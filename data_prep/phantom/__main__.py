@@ -6,9 +6,10 @@ import hydra
 from omegaconf import DictConfig
 
 from data_prep.phantom.cohort import generate_cohort
+from totalseg_train.config import CONFIG_PATH
 
 
-@hydra.main(config_path="../../configs", config_name="phantom", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="phantom", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     summary = generate_cohort(cfg)
     index = summary.index

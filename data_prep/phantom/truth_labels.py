@@ -15,6 +15,7 @@ import pandas as pd
 import SimpleITK as sitk
 from omegaconf import DictConfig
 
+from totalseg_train.config import CONFIG_PATH
 from totalseg_train.images import Geometry, nifti_path, read_image, write_image
 from totalseg_train.label_maps import read_label_map
 
@@ -60,7 +61,7 @@ def export_truth_labels(key_csv: str | Path, truth_root: str | Path, curated_ima
     return pd.DataFrame(rows, columns=["subject_id", "truth_file", "written", "removed"])
 
 
-@hydra.main(config_path="../../configs", config_name="truth_labels", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="truth_labels", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     table = export_truth_labels(cfg.key_csv, cfg.truth_root, cfg.images_dir, cfg.out)
     kept = table[~table["removed"]]

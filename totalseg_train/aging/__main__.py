@@ -6,9 +6,10 @@ import hydra
 from omegaconf import DictConfig
 
 from totalseg_train.aging.study import run
+from totalseg_train.config import CONFIG_PATH
 
 
-@hydra.main(config_path="../../configs", config_name="aging", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="aging", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     result = run(cfg)
     print(f"aging study: {result['subjects_analysed']} subjects ({result['subjects_without_age']} without age left "

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 
 from totalseg_train.atomic import write_text
-from totalseg_train.config import compose_config
+from totalseg_train.config import CONFIG_PATH, compose_config
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def bench_dice(bench: DictConfig, seconds_per_epoch: float) -> dict:
             "validation_dice": record.get("validation_dice")}
 
 
-@hydra.main(config_path="../../configs", config_name="bench_train", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="bench_train", version_base="1.3")
 def main(bench: DictConfig) -> None:
     from totalseg_train.engine.environment import configure_nnunet
 

@@ -7,6 +7,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
+from totalseg_train.config import CONFIG_PATH
 from totalseg_train.evaluate.aggregate import BootstrapSettings
 from totalseg_train.evaluate.folders import SCORES_FILE, SUMMARY_FILE, evaluate_folders
 
@@ -24,7 +25,7 @@ def _format(entry: dict) -> str:
     return f"{', '.join(parts)} ({entry['n_pairs']} pairs)"
 
 
-@hydra.main(config_path="../../configs", config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     summary = evaluate_folders(
         cfg.gt_dir,

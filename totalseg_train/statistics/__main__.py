@@ -5,10 +5,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from totalseg_train.config import CONFIG_PATH
 from totalseg_train.statistics.stage import ERROR, STATISTICS_FILE, run
 
 
-@hydra.main(config_path="../../configs", config_name="statistics", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="statistics", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     report = run(cfg)
     counts = report.status.value_counts()
