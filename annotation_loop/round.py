@@ -31,6 +31,7 @@ from annotation_loop.worklist import rank
 from totalseg_train.atomic import write_table
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.engine.inference import ENTROPY_TABLE
+from totalseg_train.engine.training import TrainedWithOtherSettings
 from totalseg_train.heart_predictions import heart_class_ids
 from totalseg_train.images import nifti_path
 
@@ -199,7 +200,7 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
 def main(cfg: DictConfig) -> None:
     try:
         result = run_round(cfg)
-    except (RoundError, RoundLocked) as err:
+    except (RoundError, RoundLocked, TrainedWithOtherSettings) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if result.already_finished:

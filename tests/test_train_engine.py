@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import SimpleITK as sitk
 import torch
 from omegaconf import OmegaConf
@@ -23,6 +24,7 @@ from totalseg_train.engine import predict, train_model
 from totalseg_train.engine.datasets import part_datasets
 from totalseg_train.engine.environment import nnunet_environment
 from totalseg_train.engine.pipeline import make_split, prepare_part
+from totalseg_train.engine.training import TRAINED_WITH, TrainedWithOtherSettings
 from totalseg_train.images import Geometry
 
 from conftest import train_overrides  # tests/ is on sys.path (pytest's rootdir-relative conftest import)
@@ -208,22 +210,56 @@ def test_rerunning_skips_finished_work(tiny_run):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
-def test_resume_continues_an_unfinished_training_from_its_last_checkpoint(tiny_run, tmp_path, monkeypatch):
-    """A copy of the trained model stopped after its last checkpoint (simulated: the final checkpoint renamed
-    to latest); resume=true with one more epoch trains only that epoch."""
+def killed_copy(tiny_run: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of the trained tiny model as a kill after its first epoch leaves it: the checkpoint of epoch 1
+    (the final one cut back to one epoch's log) as checkpoint_latest, no final checkpoint."""
     shutil.copytree(tiny_run / "nnunet", tmp_path / "nnunet")
     fold = tmp_path / "nnunet" / "results" / "Dataset390_tiny" / MODEL / "fold_0"
-    before = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
-    (fold / "checkpoint_final.pth").rename(fold / "checkpoint_latest.pth")
-    cfg = compose_config("train", [*train_overrides(tiny_run), "resume=true", "model.epochs=3",
-                                   f"paths.nnunet={tmp_path / 'nnunet'}", f"paths.results={tmp_path / 'results'}"])
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    before = {key: list(values) for key, values in checkpoint["logging"].items()}
+    checkpoint["current_epoch"] = 1
+    checkpoint["logging"] = {key: values[:1] for key, values in checkpoint["logging"].items()}
+    torch.save(checkpoint, fold / "checkpoint_latest.pth")
+    (fold / "checkpoint_final.pth").unlink()
+    return fold, before
+
+
+def copy_config(tiny_run: Path, tmp_path: Path, monkeypatch, *extra: str):
+    cfg = compose_config("train", [*train_overrides(tiny_run), f"paths.nnunet={tmp_path / 'nnunet'}",
+                                   f"paths.results={tmp_path / 'results'}", *extra])
     for key, value in nnunet_environment(cfg).items():
         monkeypatch.setenv(key, value)
+    return cfg
+
+
+def test_a_killed_training_continues_from_its_latest_checkpoint_by_default(tiny_run, tmp_path, monkeypatch):
+    fold, before = killed_copy(tiny_run, tmp_path)
+    cfg = copy_config(tiny_run, tmp_path, monkeypatch)
+    assert cfg.resume is True
     assert train_model(cfg) == tmp_path / "results" / "tiny"
     after = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert after["current_epoch"] == 3 and not (fold / "checkpoint_latest.pth").exists()
-    assert np.allclose(after["logging"]["train_losses"][:2], before["train_losses"])
-    assert len(after["logging"]["train_losses"]) == 3
+    assert after["current_epoch"] == 2 and not (fold / "checkpoint_latest.pth").exists()
+    # Epoch 1 is the checkpoint's, epoch 2 was trained now: the log continues, it does not start again.
+    losses = after["logging"]["train_losses"]
+    assert len(losses) == 2 and losses[0] == before["train_losses"][0]
+    assert after["logging"]["epoch_start_timestamps"][1] > before["epoch_end_timestamps"][1]
+
+
+def test_a_model_folder_trained_with_other_settings_is_an_error_not_reused(tiny_run, tmp_path, monkeypatch):
+    fold, _ = killed_copy(tiny_run, tmp_path)
+    record = json.loads((fold.parent / TRAINED_WITH).read_text())
+    assert record["configuration"]["totalseg_training"]["num_epochs"] == 2 and len(record["subjects"]["train"]) == 2
+    cfg = copy_config(tiny_run, tmp_path, monkeypatch, "model.epochs=3", "model.initial_lr=0.01")
+    with pytest.raises(TrainedWithOtherSettings) as err:
+        train_model(cfg)
+    message = str(err.value)
+    assert "num_epochs: 2 -> 3" in message and "initial_lr: 0.001 -> 0.01" in message and str(fold.parent) in message
+    assert not (fold / "checkpoint_final.pth").exists() and (fold / "checkpoint_latest.pth").exists()
+    # The same through the command line: the reason, no traceback, a non-zero exit.
+    run = subprocess.run([sys.executable, "-m", "totalseg_train", *train_overrides(tiny_run), "model.epochs=3",
+                          f"paths.nnunet={tmp_path / 'nnunet'}", f"paths.results={tmp_path / 'results'}"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode != 0 and "num_epochs: 2 -> 3" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_highres_plans_five_part_datasets_with_their_classes(workspace, monkeypatch):

@@ -1,8 +1,9 @@
 """python -m totalseg_train +experiment=highres|fast|tiny: train an experiment and score its test split.
 
 Overrides: any config value, e.g. ``device=cpu``, ``part=organs`` (one part model: a launcher sweep runs
-``-m part=organs,vertebrae,cardiac,muscles,ribs``), ``resume=true``, ``logger=wandb``. ``--cfg job``
-prints the resolved config without running.
+``-m part=organs,vertebrae,cardiac,muscles,ribs``), ``resume=false`` (a killed training starts again at
+epoch 0 instead of continuing from its latest checkpoint), ``logger=wandb``. ``--cfg job`` prints the
+resolved config without running.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ def main(cfg: DictConfig) -> None:
 
     configure_nnunet(cfg)
     from totalseg_train.engine import run
+    from totalseg_train.engine.training import TrainedWithOtherSettings
 
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except TrainedWithOtherSettings as err:
+        sys.exit(f"error: {err}")
     counts = summary["split"]
     print(f"{summary['experiment']}: train {counts['train']}, validation {counts['val']}, test {counts['test']}")
     for part, record in summary["parts"].items():

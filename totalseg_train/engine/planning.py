@@ -60,10 +60,11 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def training_settings(model_cfg: DictConfig, initial_checkpoint: Path | None = None) -> dict:
-    """What our trainers read: schedule, optimizer, learning rate, initial weights, final validation."""
+    """What our trainers read: schedule, optimizer, learning rate, checkpoint interval, initial weights, final
+    validation."""
     return {"num_epochs": int(model_cfg.epochs), "num_iterations_per_epoch": int(model_cfg.iterations_per_epoch),
             "num_val_iterations_per_epoch": int(model_cfg.val_iterations), "optimizer": str(model_cfg.optimizer),
-            "initial_lr": float(model_cfg.initial_lr),
+            "initial_lr": float(model_cfg.initial_lr), "checkpoint_every": int(model_cfg.checkpoint_every),
             "initial_checkpoint": str(initial_checkpoint) if initial_checkpoint else None,
             "final_validation": bool(model_cfg.final_validation)}
 

@@ -1,7 +1,7 @@
 """nnU-Net trainers of the engine. nnU-Net finds them by name through ``nnUNet_extTrainer`` (see nnunet_ext/).
 
-How a configuration is trained (epochs, iterations, optimizer, learning rate, initial weights, final
-validation) comes from the trained configuration of the plans file, where the engine writes it from the
+How a configuration is trained (epochs, iterations, optimizer, learning rate, checkpoint interval, initial
+weights, final validation) comes from the trained configuration of the plans file, where the engine writes it from the
 config, so these classes serve every experiment and a model folder records how it was trained. Mirroring
 and augmentation choose the class: nnU-Net's own variants switch them off.
 """
@@ -37,6 +37,7 @@ class nnUNetTrainerTotalSeg(nnUNetTrainer):
         self.num_val_iterations_per_epoch = int(
             settings.get("num_val_iterations_per_epoch", self.num_val_iterations_per_epoch))
         self.initial_lr = float(settings.get("initial_lr", self.initial_lr))
+        self.save_every = int(settings.get("checkpoint_every", self.save_every))
         self.optimizer_name = str(settings.get("optimizer", "sgd"))
         if self.optimizer_name not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer_name!r} is not one of {', '.join(OPTIMIZERS)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from totalseg_train.atomic import write_text
 from totalseg_train.console import captured, stage_log
 from totalseg_train.engine.datasets import PartDataset
 from totalseg_train.engine.environment import nnunet_folders, scoped_environment, torch_device
@@ -20,6 +22,12 @@ from totalseg_train.engine.wandb_log import finish_active_run
 log = logging.getLogger(__name__)
 FOLD = 0
 FINAL_CHECKPOINT = "checkpoint_final.pth"
+CHECKPOINTS = (FINAL_CHECKPOINT, "checkpoint_latest.pth", "checkpoint_best.pth")
+TRAINED_WITH = "totalseg_trained_with.json"  # in a part's model folder: the settings and data it was trained on
+
+
+class TrainedWithOtherSettings(ValueError):
+    """A model folder holds a training (finished or not) of other settings or other subjects than asked for."""
 
 
 def trainer_name(model_cfg: DictConfig) -> str:
@@ -58,11 +66,55 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def trained_with(plan: Plan, cfg: DictConfig) -> dict:
+    """What makes a part's weights what they are: trainer, the planned and the trained configuration (spacing,
+    patch, network, schedule, optimizer, initial weights) and fold 0's train / validation subjects."""
+    plans = plan.plans()["configurations"]
+    split = json.loads((plan.preprocessed_dir / "splits_final.json").read_text())[FOLD]
+    return {"trainer": trainer_name(cfg.model), "planned": plans.get("3d_fullres", {}),
+            "configuration": plans[plan.configuration],
+            "subjects": {"train": sorted(split["train"]), "val": sorted(split["val"])}}
+
+
+def differences(before: object, now: object, where: str = "") -> list[str]:
+    """Readable lines ``key: before -> now`` for every leaf that differs between two JSON-like values."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [line for key in sorted(set(before) | set(now), key=str)
+                for line in differences(before.get(key), now.get(key), f"{where}.{key}" if where else str(key))]
+    if before == now:
+        return []
+    if isinstance(before, list) and isinstance(now, list) and where.startswith("subjects"):
+        added, removed = sorted(set(now) - set(before)), sorted(set(before) - set(now))
+        return [f"{where}: {len(added)} added {added[:5]}, {len(removed)} removed {removed[:5]}"]
+    return [f"{where}: {before!r} -> {now!r}"]
+
+
+def check_trained_with(folder: Path, record: dict) -> None:
+    """Record what the part is trained with, or stop when its folder holds a training of something else
+    (nnU-Net would continue or keep it, and the run would report settings the weights never saw)."""
+    path = Path(folder) / TRAINED_WITH
+    if path.is_file():
+        changed = differences(json.loads(path.read_text()), record)
+        if changed:
+            raise TrainedWithOtherSettings(
+                f"{folder} holds a training with other settings or subjects than this run asks for:\n  "
+                + "\n  ".join(changed[:12])
+                + "\nUse another experiment name (model.name=...) for a new model, or delete the folder to train "
+                  "this one again.")
+        return
+    if any((fold_folder(folder) / name).is_file() for name in CHECKPOINTS):
+        log.warning("%s has checkpoints but no record of its settings (trained before the record existed); "
+                    "recording this run's settings for it", folder)
+    write_text(path, json.dumps(record, indent=1, sort_keys=True))
+
+
 def train_part(plan: Plan, cfg: DictConfig) -> Path:
-    """Train (or, with resume=true, continue) the part model; a finished model is left as it is."""
+    """Train the part model, continuing a killed training from its latest checkpoint (``resume``, on by
+    default); a finished model is left as it is. Stops when the folder was trained with other settings."""
     from nnunetv2.run.run_training import run_training
 
     folder = model_folder(plan.dataset, cfg)
+    check_trained_with(folder, trained_with(plan, cfg))
     if is_trained(folder):
         log.info("%s is trained already (%s); delete it to train again", plan.dataset.name, folder)
         return folder
@@ -73,12 +125,14 @@ def train_part(plan: Plan, cfg: DictConfig) -> Path:
     env = {"nnUNet_n_proc_DA": None if cfg.data_workers is None else str(cfg.data_workers)}
     if cfg.logger.name == "wandb":
         env["WANDB_NAME"] = f"{cfg.model.name}-{plan.dataset.part}"
-    log.info("training %s (%s, %s epochs) on %s", plan.dataset.name, plan.configuration, cfg.model.epochs, device)
+    resume = bool(cfg.resume) and any((fold_folder(folder) / name).is_file() for name in CHECKPOINTS)
+    log.info("%s %s (%s, %s epochs) on %s", "continuing" if resume else "training", plan.dataset.name,
+             plan.configuration, cfg.model.epochs, device)
     with scoped_environment(env), captured(stage_log(bool(cfg.verbose))):
         run_training(str(plan.dataset.dataset_id), plan.configuration, FOLD,
                      trainer_class_name=trainer_name(cfg.model),
                      plans_identifier=plan.plans_identifier, num_gpus=int(cfg.num_gpus),
-                     continue_training=bool(cfg.resume), device=device)
+                     continue_training=resume, device=device)
     if cfg.logger.name == "wandb":
         finish_active_run()
     return folder
