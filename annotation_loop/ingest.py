@@ -4,8 +4,12 @@ Every file is validated before anything is stored: its name must be ``<subject_i
 known and in correction, the file complete (gzip CRC checked: it becomes permanent) and a label map under
 the one policy of ``totalseg_train.label_maps``, its geometry equal to the subject's image. A file identical
 to its subject's final label is recognised as already stored and skipped (a folder ingested again). A rejected
-file leaves the ledger unchanged and is reported by name; the others go on. Subjects the reviewer
-marked "ok" on the review page become final as predicted, with zero effort.
+file leaves the ledger unchanged and is reported by name; the others go on.
+
+Then the review page's decisions (every ``review/decisions.csv`` under ``decisions_root``): a subject still in
+correction whose latest decision on the very prediction it was handed (same SHA-256) is "ok" becomes final as
+predicted, with zero effort. A correction always wins over an "ok"; an "ok" made on another file (the truth
+labels' review, an earlier prediction) accepts nothing and is reported.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from annotation_loop.effort import correction_effort
 from annotation_loop.ledger import IN_CORRECTION, REVIEWED, Ledger, LedgerError
 from annotation_loop.label_store import FinalLabelExists, LabelStore, same_labels
 from annotation_loop.report import write_round_report
+from annotation_loop.review.decisions import COLUMNS, read_decisions
+from totalseg_train.checksums import file_sha256
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.images import Geometry, ImageFileError, nifti_path, subject_id_of
 from totalseg_train.label_maps import LabelFileError, read_label_map
@@ -39,6 +45,7 @@ class IngestResult:
     accepted_as_predicted: list[str] = field(default_factory=list)
     already_stored: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    unbound_ok: list[tuple[str, str]] = field(default_factory=list)  # (subject, why its "ok" accepted nothing)
 
 
 def validate_correction(path: Path, image_path: Path, subject_state: str, allow_revision: bool) -> sitk.Image:
@@ -87,53 +94,80 @@ def _store(ledger: Ledger, store: LabelStore, subject_id: str, label: sitk.Image
         ledger.record_effort(db, subject_id, version, subject.round, source, effort)
 
 
+def review_decisions(root: str | Path | None) -> pd.DataFrame:
+    """Every decision of every QA folder's review under ``root``, with the file it is in."""
+    files = sorted(Path(root).rglob("review/decisions.csv")) if root and Path(root).is_dir() else []
+    tables = [read_decisions(f).assign(decisions_file=str(f)) for f in files]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=[*COLUMNS, "decisions_file"])
+
+
+def _accept_reviewed_predictions(ledger: Ledger, store: LabelStore, decisions: pd.DataFrame,
+                                 result: IngestResult) -> None:
+    for subject_id, rows in decisions.groupby("subject_id", sort=True):
+        if not (rows.decision == "ok").any():
+            continue
+        try:
+            subject = ledger.subject(subject_id)
+        except LedgerError:
+            continue  # a review of labels outside the bootstrap (another cohort's QA folder)
+        if subject.state != IN_CORRECTION or not subject.prediction:
+            continue  # already final (a correction wins), or nothing predicted to accept
+        try:
+            handed = file_sha256(subject.prediction)
+        except OSError as err:
+            result.rejected.append((subject.prediction, f"{subject.prediction}: {err}"))
+            continue
+        bound = rows[rows.reviewed_sha256 == handed].sort_values("decided_at", kind="stable")
+        if bound.empty:
+            where = ", ".join(sorted(set(rows.loc[rows.decision == "ok", "decisions_file"])))
+            result.unbound_ok.append((subject_id, f"{subject_id}: the 'ok' in {where} was given to another label "
+                                                  f"map, not to the prediction handed out ({subject.prediction})"))
+            continue
+        if bound.decision.iloc[-1] != "ok":
+            continue
+        try:
+            # The prediction becomes a final label: checked to its CRC like a correction.
+            accepted = read_label_map(subject.prediction, verify_data=True).image
+            _store(ledger, store, subject_id, accepted, "accepted_prediction")
+        except (ImageFileError, FinalLabelExists) as err:
+            result.rejected.append((subject.prediction, str(err)))
+            continue
+        result.accepted_as_predicted.append(subject_id)
+
+
+def _ingest_corrections(ledger: Ledger, store: LabelStore, folder: Path, images: Path, allow_revision: bool,
+                        result: IngestResult) -> None:
+    for path in sorted(folder.glob("*.nii*")):
+        try:
+            try:
+                subject_id = subject_id_of(path)
+            except ValueError as err:
+                raise RejectedFile(str(err)) from None
+            try:
+                subject = ledger.subject(subject_id)
+            except LedgerError:
+                raise RejectedFile(f"{path}: unknown subject {subject_id!r}") from None
+            if subject.state == REVIEWED and holds_final_label(path, store.current(subject_id)):
+                result.already_stored.append(subject_id)
+                continue
+            label = validate_correction(path, nifti_path(images, subject_id), subject.state, allow_revision)
+            source = "corrected_prediction" if subject.prediction else "manual"
+            _store(ledger, store, subject_id, label, source)
+            result.accepted.append(subject_id)
+        except (RejectedFile, ImageFileError, FinalLabelExists, LedgerError) as err:
+            result.rejected.append((str(path), str(err)))
+
+
 def ingest(cfg: DictConfig) -> IngestResult:
     ledger = Ledger(cfg.bootstrap.ledger)
     store = LabelStore(cfg.paths.annotation)
-    images = Path(cfg.bootstrap.images_dir)
     result = IngestResult()
     try:
-        decisions_csv = Path(cfg.decisions_csv) if cfg.decisions_csv else None
-        if decisions_csv is not None and decisions_csv.exists():
-            decisions = pd.read_csv(decisions_csv, keep_default_na=False)
-            for row in decisions[decisions.decision == "ok"].itertuples():
-                try:
-                    subject = ledger.subject(row.subject_id)
-                except LedgerError:
-                    result.rejected.append((str(decisions_csv), f"{decisions_csv}: unknown subject {row.subject_id!r}"))
-                    continue
-                if subject.state != IN_CORRECTION or not subject.prediction:
-                    continue  # already final, or nothing predicted to accept
-                try:
-                    # The prediction becomes a final label: checked to its CRC like a correction.
-                    accepted = read_label_map(subject.prediction, verify_data=True).image
-                    _store(ledger, store, row.subject_id, accepted, "accepted_prediction")
-                except (ImageFileError, FinalLabelExists) as err:
-                    result.rejected.append((subject.prediction, str(err)))
-                    continue
-                result.accepted_as_predicted.append(row.subject_id)
+        # Corrections first: an annotator's corrected map wins over an "ok" on the prediction it corrects.
         if cfg.corrected_dir:
-            files = sorted(Path(cfg.corrected_dir).glob("*.nii*"))
-            for path in files:
-                try:
-                    try:
-                        subject_id = subject_id_of(path)
-                    except ValueError as err:
-                        raise RejectedFile(str(err)) from None
-                    try:
-                        subject = ledger.subject(subject_id)
-                    except LedgerError:
-                        raise RejectedFile(f"{path}: unknown subject {subject_id!r}") from None
-                    if subject.state == REVIEWED and holds_final_label(path, store.current(subject_id)):
-                        result.already_stored.append(subject_id)
-                        continue
-                    label = validate_correction(path, nifti_path(images, subject_id), subject.state,
-                                                bool(cfg.allow_revision))
-                    source = "corrected_prediction" if subject.prediction else "manual"
-                    _store(ledger, store, subject_id, label, source)
-                    result.accepted.append(subject_id)
-                except (RejectedFile, ImageFileError, FinalLabelExists, LedgerError) as err:
-                    result.rejected.append((str(path), str(err)))
+            _ingest_corrections(ledger, store, Path(cfg.corrected_dir), Path(cfg.bootstrap.images_dir),
+                                bool(cfg.allow_revision), result)
+        _accept_reviewed_predictions(ledger, store, review_decisions(cfg.decisions_root), result)
         write_round_report(ledger, Path(cfg.paths.reports), float(cfg.bootstrap.seconds_per_slice))
     finally:
         ledger.close()
@@ -146,6 +180,8 @@ def main(cfg: DictConfig) -> None:
     print(f"accepted {len(result.accepted)} corrected label maps, "
           f"{len(result.accepted_as_predicted)} predictions marked ok on the review page"
           + (f"; {len(result.already_stored)} files already stored as final" if result.already_stored else ""))
+    for _, message in result.unbound_ok:
+        print(f"not accepted: {message}", file=sys.stderr)
     for path, message in result.rejected:
         print(f"REJECTED {message}", file=sys.stderr)
     if result.rejected:

@@ -12,8 +12,10 @@ from annotation_loop.ingest import ingest
 from annotation_loop.label_store import FinalLabelExists, LabelStore
 from annotation_loop.label_tables import itksnap_label_description, slicer_colour_table
 from annotation_loop.ledger import IN_CORRECTION, PREDICTED, REVIEWED, UNLABELED, Ledger, LedgerError
+from annotation_loop.review.decisions import read_decisions, record_decision
 from annotation_loop.start import start
 from totalseg_train import classes
+from totalseg_train.checksums import file_sha256
 from totalseg_train.config import compose_config
 
 
@@ -91,19 +93,27 @@ def test_label_tables_name_every_class():
     assert f"5 liver {r} {g} {b} 255" in slicer
 
 
+def started_workspace(ws, n_subjects: int, first_round: int) -> tuple[list[str], list[str]]:
+    """``n_subjects`` curated images of 6x8x8 voxels and a bootstrap ledger started on them, ``first_round``
+    subjects handed out to draw; returns the overrides and the subjects handed out."""
+    images = ws / "curated" / "images"
+    images.mkdir(parents=True)
+    ids = [f"s{i:04d}" for i in range(1, n_subjects + 1)]
+    for sid in ids:
+        sitk.WriteImage(_image(np.zeros((6, 8, 8), np.int16)), str(images / f"{sid}.nii.gz"))
+    pd.DataFrame({"subject_id": ids, "patient": [f"p{i}" for i in range(len(ids))]}).to_csv(
+        ws / "curated" / "subjects.csv", index=False)
+    overrides = [f"paths.workspace={ws}", f"bootstrap.schedule=[{first_round},{n_subjects}]"]
+    handed_out = start(compose_config("bootstrap_start", overrides))
+    assert len(handed_out) == first_round
+    assert start(compose_config("bootstrap_start", overrides)) == []  # idempotent
+    return overrides, handed_out
+
+
 @pytest.fixture
 def small_workspace(tmp_path):
-    """Three curated images of 6x8x8 voxels and a bootstrap ledger started on them."""
-    images = tmp_path / "curated" / "images"
-    images.mkdir(parents=True)
-    for sid in ("s0001", "s0002", "s0003"):
-        sitk.WriteImage(_image(np.zeros((6, 8, 8), np.int16)), str(images / f"{sid}.nii.gz"))
-    pd.DataFrame({"subject_id": ["s0001", "s0002", "s0003"], "patient": ["p1", "p2", "p3"]}).to_csv(
-        tmp_path / "curated" / "subjects.csv", index=False)
-    overrides = [f"paths.workspace={tmp_path}", "bootstrap.schedule=[2,3]"]
-    handed_out = start(compose_config("bootstrap_start", overrides))
-    assert len(handed_out) == 2
-    assert start(compose_config("bootstrap_start", overrides)) == []  # idempotent
+    """Three curated images and a bootstrap ledger started on them, two handed out to draw."""
+    overrides, handed_out = started_workspace(tmp_path, 3, 2)
     return tmp_path, overrides, handed_out
 
 
@@ -153,3 +163,50 @@ def test_ingest_accepts_good_files_and_rejects_bad_ones_by_name(small_workspace)
         dict(ingest(cfg).rejected)[str(bad_ids_path)]
     report = (ws / "reports" / "bootstrap_rounds.md").read_text()
     assert "| 0 | - | 1 | 32 | 100.0 | 2 |" in report  # drawn from scratch: the whole label map is new
+
+
+def test_an_ok_accepts_only_the_prediction_it_was_given_to_and_a_correction_wins(tmp_path):
+    overrides, _ = started_workspace(tmp_path, 5, 1)
+    ledger = Ledger(tmp_path / "annotation" / "ledger.sqlite")
+    a, b, c, d = [s.subject_id for s in ledger.subjects(UNLABELED)]
+    predicted = np.zeros((6, 8, 8), np.uint8)
+    predicted[2:4, 2:6, 2:6] = 5
+    (tmp_path / "predicted").mkdir()
+    with ledger.transaction() as db:
+        for sid in (a, b, c, d):
+            path = tmp_path / "predicted" / f"{sid}.nii.gz"
+            sitk.WriteImage(_image(predicted), str(path), useCompression=True)
+            ledger.move(db, sid, PREDICTED, round=1, model="m1", prediction=str(path))
+            ledger.move(db, sid, IN_CORRECTION)
+    ledger.close()
+    shown = {sid: tmp_path / "predicted" / f"{sid}.nii.gz" for sid in (a, b, c, d)}
+    round_review = tmp_path / "qa" / "round_01" / "review" / "decisions.csv"
+    truth_review = tmp_path / "qa" / "review" / "decisions.csv"
+    truth = tmp_path / "truth.nii.gz"
+    sitk.WriteImage(_image(np.full((6, 8, 8), 5, np.uint8)), str(truth))
+    record_decision(round_review, a, "ok", "", "Dr R", shown[a], file_sha256(shown[a]))
+    record_decision(round_review, a, "needs_correction", "liver too small", "Dr R", shown[a], file_sha256(shown[a]))
+    record_decision(round_review, b, "ok", "", "Dr R", shown[b], file_sha256(shown[b]))
+    record_decision(round_review, c, "ok", "", "Dr R", shown[c], file_sha256(shown[c]))
+    record_decision(truth_review, d, "ok", "truth labels look fine", "Dr T", truth, file_sha256(truth))
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    corrected = predicted.copy()
+    corrected[4, 2:6, 2:6] = 5
+    sitk.WriteImage(_image(corrected), str(incoming / f"{c}.nii.gz"))
+
+    result = ingest(compose_config("ingest", overrides + [f"corrected_dir={incoming}"]))
+    assert result.accepted == [c] and result.accepted_as_predicted == [b] and result.rejected == []
+    assert [sid for sid, _ in result.unbound_ok] == [d]
+    assert "given to another label map" in result.unbound_ok[0][1] and str(truth_review) in result.unbound_ok[0][1]
+    ledger = Ledger(tmp_path / "annotation" / "ledger.sqlite")
+    states = {sid: (ledger.subject(sid).state, ledger.subject(sid).source) for sid in (a, b, c, d)}
+    assert states == {a: (IN_CORRECTION, None), b: (REVIEWED, "accepted_prediction"),
+                      c: (REVIEWED, "corrected_prediction"), d: (IN_CORRECTION, None)}
+    efforts = pd.DataFrame(ledger.efforts()).set_index(["subject_id", "class_id"]).voxels_changed
+    assert efforts[(b, TOTAL)] == 0 and efforts[(c, TOTAL)] == 16
+    # The history keeps every decision; ingesting again changes nothing.
+    assert len(read_decisions(round_review)) == 4
+    again = ingest(compose_config("ingest", overrides))
+    assert again.accepted_as_predicted == [] and len(ledger.efforts()) == len(efforts)
+    ledger.close()

@@ -20,7 +20,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from annotation_loop.review import make_server, read_decisions
+from annotation_loop.review.decisions import latest_decisions
 from totalseg_train import classes
+from totalseg_train.checksums import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,7 +57,7 @@ def qa_dir(phantom_cohort, phantom_index, tmp_path_factory) -> Path:
 def server(qa_dir):
     decisions = qa_dir / "review" / "decisions.csv"
     decisions.unlink(missing_ok=True)
-    httpd = make_server(qa_dir, decisions)
+    httpd = make_server(qa_dir, decisions, reviewer="Dr A")
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_port}", decisions
@@ -97,17 +99,25 @@ def test_review_page_loads_thumbnails_and_records_a_decision(server, browser, qa
     card.find_element(By.CSS_SELECTOR, "button.decide[data-decision=needs_correction]").click()
     wait.until(lambda d: "saved" in d.find_element(By.CSS_SELECTOR, ".card[data-subject=s09] .status").text)
     table = read_decisions(decisions)
-    assert table[["subject_id", "decision", "note"]].values.tolist() == [["s09", "needs_correction", "kidneys swapped"]]
+    assert table[["subject_id", "decision", "note", "reviewer"]].values.tolist() == [
+        ["s09", "needs_correction", "kidneys swapped", "Dr A"]]
     assert table.decided_at[0].startswith("20")
+    # Bound to the label map the sheet shows: its path and content hash, as QA rendered it.
+    shown = Path(pd.read_csv(qa_dir / "renders.csv", dtype=str).set_index("subject_id").labels_file["s09"])
+    assert shown.name == "s09.nii.gz" and table.reviewed_file[0] == str(shown)
+    assert table.reviewed_sha256[0] == file_sha256(shown)
 
-    # Another subject marked ok; changing one's mind replaces the earlier decision.
+    # Another subject marked ok; changing one's mind adds a decision, the earlier one stays in the history.
     Select(browser.find_element(By.ID, "filter")).select_by_value("all")
     wait.until(lambda d: len(_cards(d)) == len(flags))
     browser.find_element(By.CSS_SELECTOR, ".card[data-subject=s01] button.decide[data-decision=ok]").click()
     wait.until(lambda d: "saved" in d.find_element(By.CSS_SELECTOR, ".card[data-subject=s01] .status").text)
     browser.find_element(By.CSS_SELECTOR, ".card[data-subject=s09] button.decide[data-decision=ok]").click()
     wait.until(lambda d: "saved: ok" in d.find_element(By.CSS_SELECTOR, ".card[data-subject=s09] .status").text)
-    table = read_decisions(decisions).set_index("subject_id")
+    history = read_decisions(decisions)
+    assert history[["subject_id", "decision"]].values.tolist() == [["s09", "needs_correction"], ["s01", "ok"],
+                                                                   ["s09", "ok"]]
+    table = latest_decisions(history)
     assert table.decision.to_dict() == {"s01": "ok", "s09": "ok"}
     assert table.note["s09"] == "kidneys swapped"
 
@@ -136,3 +146,23 @@ def test_review_server_refuses_bad_decisions(server):
     with pytest.raises(ValueError, match="127.0.0.1"):
         make_server(Path(url), decisions, host="0.0.0.0")
     assert np.array_equal(read_decisions(decisions).subject_id.to_numpy(), np.array(["s01"]))
+
+
+def test_a_label_map_changed_after_rendering_takes_no_decision(server, qa_dir):
+    url, decisions = server
+    renders = pd.read_csv(qa_dir / "renders.csv", dtype=str).set_index("subject_id")
+    shown = Path(renders.loc["s02", "labels_file"])
+    original = shown.read_bytes()
+    try:
+        image = sitk.ReadImage(str(shown))
+        array = sitk.GetArrayFromImage(image)
+        array.flat[0] = 0 if array.flat[0] else classes.id_of("spleen")  # edited after its sheet was rendered
+        edited = sitk.GetImageFromArray(array)
+        edited.CopyInformation(image)
+        sitk.WriteImage(edited, str(shown), useCompression=True)
+        status, reply = _post(url, {"subject_id": "s02", "decision": "ok"})
+        assert status == 409 and "changed since its sheet was rendered" in reply["error"]
+        assert not decisions.exists()
+    finally:
+        shown.write_bytes(original)
+    assert _post(url, {"subject_id": "s02", "decision": "ok"})[0] == 200

@@ -27,14 +27,16 @@ from annotation_loop.qa.renderer import RenderStyle, SheetRenderer, View
 from annotation_loop.qa.subjects import read_ct_image
 from totalseg_train import classes
 from totalseg_train.atomic import atomic_path, remove_stale_temporaries, write_table
+from totalseg_train.checksums import file_sha256
 from totalseg_train.images import ImageFileError, nifti_path, subject_id_of
 from totalseg_train.label_maps import read_label_map
 
 log = logging.getLogger(__name__)
 
 RENDERS_CSV = "renders.csv"
-RENDER_COLUMNS = ["subject_id", "sheet", "thumb", "labels_mtime_ns", "labels_size", "flags", "settings",
-                  "n_classes", "mesh_seconds", "render_seconds", "rendered_at"]
+# labels_file / labels_sha256: the exact label map a sheet shows, to which the review page binds decisions.
+RENDER_COLUMNS = ["subject_id", "sheet", "thumb", "labels_file", "labels_sha256", "labels_mtime_ns", "labels_size",
+                  "flags", "settings", "n_classes", "mesh_seconds", "render_seconds", "rendered_at"]
 
 
 @dataclass
@@ -44,6 +46,7 @@ class MeshedSubject:
     n_classes: int
     ct_slice: np.ndarray | None
     mesh_seconds: float
+    labels_sha256: str = ""
     error: str | None = None
 
 
@@ -82,6 +85,7 @@ def mesh_subject(path: str, images_dir: str | None, labels_version: str, render:
     start = time.perf_counter()
     subject = subject_id_of(path)
     try:
+        sha256 = file_sha256(path)  # before reading: a file replaced meanwhile gets a hash the sheet does not match
         label_map = read_label_map(path, labels_version=labels_version)
         meshes = mesh_classes(label_map.array, VoxelGrid.of_image(label_map.image), render["mesh_spacing_mm"],
                               render["smooth_sigma"])
@@ -90,10 +94,10 @@ def mesh_subject(path: str, images_dir: str | None, labels_version: str, render:
             ct = read_ct_image(label_map, images_dir)
             if ct is not None:
                 ct_slice = coronal_ct_slice(ct, label_map.image, class_colours(), tuple(render["ct_window"]))
-    except ImageFileError as exc:
-        return MeshedSubject(subject, [], 0, None, 0.0, str(exc))
+    except (ImageFileError, OSError) as exc:
+        return MeshedSubject(subject, [], 0, None, 0.0, error=str(exc))
     by_group = [[m for m in meshes if m.class_id in set(g.class_ids)] for g in groups]
-    return MeshedSubject(subject, by_group, len(meshes), ct_slice, time.perf_counter() - start)
+    return MeshedSubject(subject, by_group, len(meshes), ct_slice, time.perf_counter() - start, sha256)
 
 
 def _settings_key(cfg: DictConfig) -> str:
@@ -109,7 +113,8 @@ def _up_to_date(previous: pd.DataFrame, subject: str, path: Path, flags: str, se
     row = previous.loc[subject]
     stat = path.stat()
     return (int(row["labels_mtime_ns"]) == stat.st_mtime_ns and int(row["labels_size"]) == stat.st_size
-            and str(row["flags"]) == flags and str(row["settings"]) == settings)
+            and str(row.get("labels_sha256", "")) != "" and str(row["flags"]) == flags
+            and str(row["settings"]) == settings)
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
@@ -136,7 +141,8 @@ def render_subjects(
     groups = groups_from_config(cfg.render.groups)
     settings = _settings_key(cfg)
     renders_csv = out / RENDERS_CSV
-    previous = (pd.read_csv(renders_csv, keep_default_na=False, dtype={"subject_id": str}).set_index("subject_id")
+    previous = (pd.read_csv(renders_csv, keep_default_na=False, dtype={"subject_id": str, "labels_sha256": str})
+                .set_index("subject_id")
                 if renders_csv.exists() else pd.DataFrame(columns=RENDER_COLUMNS).set_index("subject_id"))
     todo = [s for s in flags.subject_id
             if cfg.overwrite or not _up_to_date(previous, s, nifti_path(labels_dir, s), flag_text[s], settings, out)]
@@ -207,6 +213,8 @@ def _render_one(meshed: MeshedSubject, labels_path: Path, out: Path, renderer: S
     return {
         "sheet": str(sheet_path.relative_to(out)),
         "thumb": str(thumb_path.relative_to(out)),
+        "labels_file": str(labels_path.resolve()),
+        "labels_sha256": meshed.labels_sha256,
         "labels_mtime_ns": stat.st_mtime_ns,
         "labels_size": stat.st_size,
         "flags": flags,

@@ -12,12 +12,12 @@ from totalseg_train.config import CONFIG_PATH
 @hydra.main(config_path=CONFIG_PATH, config_name="review", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        server = make_server(cfg.qa_dir, cfg.decisions_csv, cfg.host, int(cfg.port))
+        server = make_server(cfg.qa_dir, cfg.decisions_csv, cfg.host, int(cfg.port), str(cfg.reviewer))
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     host, port = server.server_address[:2]
     print(f"QA review of {cfg.qa_dir}: open http://{host}:{port}/ (Ctrl-C to stop)")
-    print(f"  decisions are written to {cfg.decisions_csv}")
+    print(f"  decisions of {cfg.reviewer} are added to {cfg.decisions_csv}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

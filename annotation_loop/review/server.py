@@ -1,8 +1,9 @@
 """The review page: a local HTTP server (standard library) over a QA folder.
 
 It lists the subjects with their thumbnails and QA flags, filters by flag, opens a subject's
-full sheet, and stores each "ok" / "needs correction" decision with its note in the
-decisions CSV. Bound to 127.0.0.1 only; requests naming another host are refused (a web page
+full sheet, and appends each "ok" / "needs correction" decision with its note, the reviewer and
+the label map the sheet shows (path and SHA-256, from QA's renders.csv) to the decisions CSV; a
+label map changed since its sheet was rendered takes no decision until QA renders it again. Bound to 127.0.0.1 only; requests naming another host are refused (a web page
 elsewhere cannot reach it through DNS tricks), and decisions are accepted as JSON only.
 """
 
@@ -18,21 +19,29 @@ from pathlib import Path
 
 import pandas as pd
 
-from annotation_loop.review.decisions import DECISIONS, read_decisions, record_decision
+from annotation_loop.review.decisions import DECISIONS, latest_decisions, read_decisions, record_decision
 from annotation_loop.review.page import PAGE
+from totalseg_train.checksums import file_sha256
 
 log = logging.getLogger(__name__)
 
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_BODY = 16_384
+# QA's outputs in its folder, as annotation_loop.qa writes them (not imported: that would load the renderer).
+RENDERS_CSV = "renders.csv"
+
+
+class StaleSheet(ValueError):
+    """The label map a sheet shows has changed (or gone) since QA rendered it."""
 
 
 class ReviewData:
     """What the page shows: the QA folder's flags and renders, and the decisions so far."""
 
-    def __init__(self, qa_dir: Path, decisions_csv: Path):
+    def __init__(self, qa_dir: Path, decisions_csv: Path, reviewer: str):
         self.qa_dir = qa_dir
         self.decisions_csv = decisions_csv
+        self.reviewer = reviewer
         self.lock = threading.Lock()
         flags_csv = qa_dir / "flags.csv"
         if not flags_csv.exists():
@@ -50,7 +59,7 @@ class ReviewData:
 
     def subjects(self) -> list[dict]:
         with self.lock:
-            decisions = read_decisions(self.decisions_csv).set_index("subject_id")
+            decisions = latest_decisions(read_decisions(self.decisions_csv))
         rows = []
         for r in self.flags.itertuples(index=False):
             decided = decisions.loc[r.subject_id] if r.subject_id in decisions.index else None
@@ -71,11 +80,28 @@ class ReviewData:
             })
         return rows
 
+    def shown_file(self, subject_id: str) -> tuple[str, str]:
+        """The label map the subject's sheet shows and its SHA-256 at rendering; StaleSheet when the file
+        has changed since."""
+        renders_csv = self.qa_dir / RENDERS_CSV
+        renders = (pd.read_csv(renders_csv, keep_default_na=False, dtype=str).set_index("subject_id")
+                   if renders_csv.exists() else pd.DataFrame())
+        if subject_id not in renders.index or not renders.loc[subject_id].get("labels_sha256"):
+            raise StaleSheet(f"{subject_id}: no sheet of a known label map in {renders_csv}; render QA again")
+        shown = renders.loc[subject_id]
+        path = Path(shown["labels_file"])
+        if not path.is_file() or file_sha256(path) != shown["labels_sha256"]:
+            raise StaleSheet(f"{subject_id}: {path} has changed since its sheet was rendered; render QA again "
+                             "before deciding")
+        return str(path), str(shown["labels_sha256"])
+
     def decide(self, subject_id: str, decision: str, note: str) -> dict:
         if subject_id not in self.ids:
             raise KeyError(f"unknown subject {subject_id!r}")
         with self.lock:
-            return record_decision(self.decisions_csv, subject_id, decision, note)
+            reviewed_file, sha256 = self.shown_file(subject_id)
+            return record_decision(self.decisions_csv, subject_id, decision, note, self.reviewer, reviewed_file,
+                                   sha256)
 
 
 class ReviewHandler(BaseHTTPRequestHandler):
@@ -131,15 +157,20 @@ class ReviewHandler(BaseHTTPRequestHandler):
         try:
             body = json.loads(self.rfile.read(length))
             row = self.data.decide(str(body["subject_id"]), str(body["decision"]), str(body.get("note", "")))
+        except StaleSheet as exc:
+            return self._json(HTTPStatus.CONFLICT, {"error": str(exc)})
         except (ValueError, KeyError, TypeError) as exc:
             return self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         log.info("decision %s: %s %s", row["subject_id"], row["decision"], row["note"])
         self._json(HTTPStatus.OK, row)
 
 
-def make_server(qa_dir: str | Path, decisions_csv: str | Path, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """A review server over ``qa_dir`` (not yet serving); port 0 picks a free port (see server.server_port)."""
+def make_server(qa_dir: str | Path, decisions_csv: str | Path, host: str = "127.0.0.1", port: int = 0,
+                reviewer: str = "unknown") -> ThreadingHTTPServer:
+    """A review server over ``qa_dir`` (not yet serving); port 0 picks a free port (see server.server_port).
+    ``reviewer``: the name stored with every decision."""
     if host not in {"127.0.0.1", "localhost", "::1"}:
         raise ValueError(f"the review page serves on this machine only (127.0.0.1), not on {host!r}")
-    handler = type("BoundReviewHandler", (ReviewHandler,), {"data": ReviewData(Path(qa_dir), Path(decisions_csv))})
+    data = ReviewData(Path(qa_dir), Path(decisions_csv), reviewer)
+    handler = type("BoundReviewHandler", (ReviewHandler,), {"data": data})
     return ThreadingHTTPServer((host, port), handler)
