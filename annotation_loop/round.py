@@ -19,7 +19,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from annotation_loop import round_model
+from annotation_loop import round_steps
 from annotation_loop.heart_prior import give_heart, heart_predictions
 from annotation_loop.label_store import LabelStore, link_latest
 from annotation_loop.label_tables import write_label_tables
@@ -136,18 +136,18 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
     train_ids = list(pd.read_csv(rdir / "train_subjects.csv", dtype=str).subject_id)
     batch = list(pd.read_csv(rdir / "batch.csv", dtype=str).subject_id)
     init_from = previous_model(ledger.rounds(), number, experiment) if cfg.bootstrap.warm_start else None
-    train_cfg = round_model.train_config(cfg, rdir, experiment, init_from)
+    train_cfg = round_steps.train_config(cfg, rdir, experiment, init_from)
 
     if "train" not in done:
         start = time.perf_counter()
-        model = round_model.train(train_cfg, train_ids)
+        model = round_steps.train(train_cfg, train_ids)
         ledger.finish_step(number, "train", {"train_seconds": time.perf_counter() - start}, model=model)
     model = ledger.round(number)["model"]
 
     predicted_dir = store.predicted_dir(number)
     if "predict" not in done:
         images = Path(cfg.bootstrap.images_dir)
-        uncertainty = round_model.predict_batch(train_cfg, [nifti_path(images, s) for s in batch], predicted_dir,
+        uncertainty = round_steps.predict_batch(train_cfg, [nifti_path(images, s) for s in batch], predicted_dir,
                                                 rdir / "uncertainty.csv")
         with ledger.transaction() as db:
             for subject_id in batch:
@@ -161,7 +161,7 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
     if "heart" not in done:
         given = _give_heart(cfg, ledger, store, number, batch)
         # The round model's entropy over the heart classes no longer describes what the annotator corrects.
-        round_model.write_uncertainty(predicted_dir / ENTROPY_TABLE, batch, rdir / "uncertainty.csv",
+        round_steps.write_uncertainty(predicted_dir / ENTROPY_TABLE, batch, rdir / "uncertainty.csv",
                                       {s: heart_class_ids() for s in given})
         ledger.finish_step(number, "heart", {"n_heart_prior": len(given)})
 
@@ -171,7 +171,7 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
 
     qa_dir = Path(cfg.paths.qa) / f"round_{number:02d}"
     if "qa" not in done:
-        round_model.render_qa(cfg, predicted_dir, qa_dir, batch)
+        round_steps.render_qa(cfg, predicted_dir, qa_dir, batch)
         ledger.finish_step(number, "qa")
 
     worklist = worklist_path(annotation, number)

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from data_prep.phantom import anatomy, ct
 from data_prep.phantom.plan import EXPECTED_EXCLUSION
-from data_prep.phantom.render import body_masks, exam_grid, rasterize
+from data_prep.phantom.dicom_exams import body_masks, exam_grid, rasterize
 from data_prep.phantom.shapes import DeformedMotion, Grid, PlateauBump, RigidMotion, rotation
 from totalseg_train import classes
 from totalseg_train.config import compose_config

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from totalseg_train import classes
 from totalseg_train.config import compose_config
-from totalseg_train.engine.cohort import load_cohort
+from totalseg_train.engine.labelled_subjects import load_cohort
 from totalseg_train.engine.datasets import PartDataset, part_datasets, selected_datasets
 from totalseg_train.engine.export import export_dataset
 from totalseg_train.engine.inference import entropy_by_class, merge_part_labels, voxel_entropy

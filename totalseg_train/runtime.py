@@ -32,7 +32,7 @@ from totalseg_train import published
 from totalseg_train.atomic import write_table
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.console import captured
-from totalseg_train.engine.model import MANIFEST, load_model
+from totalseg_train.engine.manifest import MANIFEST, read_model_manifest
 from totalseg_train.images import NIFTI_SUFFIX, Geometry
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ MB = 2**20
 def trained_models(results_dir: str | Path) -> list[Path]:
     """Every model folder of ``results_dir`` whose parts are all trained, sorted by name."""
     folders = sorted(p.parent for p in Path(results_dir).glob(f"*/{MANIFEST}"))
-    return [f for f in folders if not load_model(f).untrained_parts()]
+    return [f for f in folders if not read_model_manifest(f).untrained_parts()]
 
 
 def pick_cases(images: list[Path], cases: list[str]) -> dict[str, Path]:
@@ -159,7 +159,7 @@ def bench_predict(cfg: DictConfig) -> pd.DataFrame:
     log_file.write_text("")
     rows = []
     for model_dir in models:
-        name = load_model(model_dir).experiment
+        name = read_model_manifest(model_dir).experiment
         for case, image in files.items():
             size = Geometry.of_file(image).size
             log.info("%s: predicting the %s case %s (%s voxels) on %s", name, case, image.name,

@@ -8,7 +8,7 @@ one process, both from the label array in memory to a PNG on disk:
     actor per class; ``fury.window.snapshot`` (one default view);
 (b) ours: cropped, block-averaged meshes (annotation_loop.qa.meshing) and the reused offscreen
     renderer drawing every class group from the anterior and the lateral side in one frame, plus
-    the titled sheet (annotation_loop.qa.compose) written as PNG.
+    the titled sheet (annotation_loop.qa.sheet_layout) written as PNG.
 
 The GPU adapter/device is started before either is timed (it is started once per process in both
 cases); our renderer's own start-up is reported separately.
@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from PIL import Image
 from skimage.measure import marching_cubes
 
-from annotation_loop.qa.compose import SheetText, compose_sheet
+from annotation_loop.qa.sheet_layout import SheetText, compose_sheet
 from annotation_loop.qa.groups import groups_from_config
 from annotation_loop.qa.headless import require_adapter
 from annotation_loop.qa.meshing import VoxelGrid, mesh_classes

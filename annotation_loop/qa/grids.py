@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from annotation_loop.qa.compose import BACKGROUND, FLAG, OK, font
+from annotation_loop.qa.sheet_layout import BACKGROUND, FLAG, OK, font
 from totalseg_train.atomic import atomic_path, write_table
 
 GRID_INDEX = "index.csv"

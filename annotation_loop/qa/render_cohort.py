@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from annotation_loop.qa.compose import SheetText, compose_sheet, coronal_ct_slice
+from annotation_loop.qa.sheet_layout import SheetText, compose_sheet, coronal_ct_slice
 from annotation_loop.qa.flag_cohort import compute_flags, qa_config
 from annotation_loop.qa.grids import GridLayout, write_grids
 from annotation_loop.qa.groups import ClassGroup, groups_from_config

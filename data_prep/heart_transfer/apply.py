@@ -26,9 +26,9 @@ from omegaconf import DictConfig
 
 from totalseg_train import classes
 from totalseg_train.config import CONFIG_PATH
-from totalseg_train.engine.cohort import read_subjects
+from totalseg_train.engine.labelled_subjects import read_subjects
 from totalseg_train.engine.inference import predict
-from totalseg_train.engine.model import TrainedModel, load_model
+from totalseg_train.engine.manifest import TrainedModel, read_model_manifest
 from totalseg_train.heart_predictions import INDEX_FILE, heart_class_ids, read_index, write_index
 from totalseg_train.images import nifti_path
 
@@ -51,7 +51,7 @@ class ApplyResult:
 def load_heart_model(folder: str | Path) -> TrainedModel:
     """The trained model in ``folder``, or NotAHeartModel unless it predicts exactly the six heart sub-parts."""
     try:
-        model = load_model(folder)
+        model = read_model_manifest(folder)
     except FileNotFoundError as err:
         raise NotAHeartModel(str(err)) from None
     if model.class_ids() != heart_class_ids():

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from data_prep.phantom.plan import ExamPlan, draw_cohort
-from data_prep.phantom.render import render_exam
+from data_prep.phantom.dicom_exams import render_exam
 from totalseg_train.atomic import remove_stale_temporaries, write_table
 
 INDEX = "truth/index.csv"

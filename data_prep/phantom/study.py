@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from data_prep.phantom.plan import SCANNERS, ExamPlan, draw_cohort
-from data_prep.phantom.render import ct_volume, exam_grid
+from data_prep.phantom.dicom_exams import ct_volume, exam_grid
 from totalseg_train.atomic import remove_stale_temporaries, write_table
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.images import image_from_array, nifti_path, write_image

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from totalseg_train.atomic import write_table
-from totalseg_train.engine.cohort import read_subjects
+from totalseg_train.engine.labelled_subjects import read_subjects
 from totalseg_train.evaluate.aggregate import BootstrapSettings, group_means
 
 TABLE = "scores_by_contrast.csv"

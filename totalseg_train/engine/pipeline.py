@@ -18,12 +18,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from totalseg_train.atomic import write_text
-from totalseg_train.engine.cohort import load_cohort, read_subjects
+from totalseg_train.engine.labelled_subjects import load_cohort, read_subjects
 from totalseg_train.engine.datasets import PartDataset, part_datasets, selected_datasets
 from totalseg_train.engine.environment import configure_nnunet, nnunet_folders
 from totalseg_train.engine.export import export_dataset, exported_subjects
 from totalseg_train.engine.inference import predict
-from totalseg_train.engine.model import PartModel, TrainedModel, load_model, model_dir, write_manifest
+from totalseg_train.engine.manifest import PartModel, TrainedModel, read_model_manifest, model_dir, write_manifest
 from totalseg_train.engine.planning import Plan, plan_and_preprocess
 from totalseg_train.engine.selection import restrict_split, select_subjects
 from totalseg_train.engine.split import Split, SplitSettings, load_or_create_split
@@ -53,7 +53,7 @@ def initial_checkpoint(cfg: DictConfig, part: str) -> Path | None:
     """The final checkpoint of the part in ``model.init_from`` (a trained model folder), if set."""
     if not cfg.model.get("init_from"):
         return None
-    source = load_model(str(cfg.model.init_from))
+    source = read_model_manifest(str(cfg.model.init_from))
     for p in source.parts:
         if p.part == part and is_trained(p.folder):
             return fold_folder(p.folder) / FINAL_CHECKPOINT
@@ -172,7 +172,7 @@ def run(cfg: DictConfig) -> dict:
     """The full command: train, predict the test split, merge, summarise, evaluate. Returns the summary."""
     split = _train(cfg, None)
     results = model_dir(cfg)
-    trained = load_model(results)
+    trained = read_model_manifest(results)
     summary = {
         "experiment": str(cfg.model.name),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

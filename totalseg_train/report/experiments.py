@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from totalseg_train.engine.model import MANIFEST, load_model
+from totalseg_train.engine.manifest import MANIFEST, read_model_manifest
 from totalseg_train.engine.pipeline import SUMMARY
 from totalseg_train.evaluate.folders import SCORES_FILE
 
@@ -43,7 +43,7 @@ def train_command(name: str, workspace: str) -> str:
 
 def load_experiment(directory: Path, workspace: str) -> Experiment:
     """The experiment in ``directory`` (a folder with model.json)."""
-    model = load_model(directory)
+    model = read_model_manifest(directory)
     summary_path = directory / SUMMARY
     summary, problems = None, []
     if summary_path.is_file():

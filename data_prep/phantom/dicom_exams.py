@@ -1,4 +1,4 @@
-"""Rendering one planned exam: label maps on each series' grid, CT intensities, DICOM and truth."""
+"""Writing one planned exam: label maps on each series' grid, CT intensities, DICOM files and truth."""
 
 from __future__ import annotations
 

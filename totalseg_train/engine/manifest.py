@@ -68,7 +68,7 @@ def write_manifest(directory: Path, experiment: str, parts: list[PartModel], til
     return path
 
 
-def load_model(model: DictConfig | str | Path) -> TrainedModel:
+def read_model_manifest(model: DictConfig | str | Path) -> TrainedModel:
     """The trained model of a config (its experiment's results folder) or of a model folder / model.json."""
     path = model_dir(model) if isinstance(model, DictConfig) else Path(model)
     manifest = path if path.name == MANIFEST else path / MANIFEST
