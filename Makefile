@@ -18,7 +18,7 @@ HEART_LABELS ?= $(WORKSPACE)/truth_labels
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .DEFAULT_GOAL := help
-.PHONY: bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics
+.PHONY: audit bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -77,6 +77,8 @@ demo: setup ## The whole pipeline on a phantom cohort in $(WORKSPACE): curation,
 	$(PY) -m totalseg_train.report paths.workspace=$(WORKSPACE)
 	@echo "paper tables: $(WORKSPACE)/reports/paper/index.html"
 	@echo "review page: $(PY) -m annotation_loop.review paths.workspace=$(WORKSPACE) ; nnU-Net's output: $(WORKSPACE)/logs/<stage>/<time>/nnunet.log"
+	@echo "== data-protection audit: every file of the workspace searched for the input's identifying values =="
+	$(PY) -m data_prep.audit paths.workspace=$(WORKSPACE)
 
 heart: setup ## Heart sub-parts on a demo workspace (after make demo): label transfer (done by the demo), the heart_tiny model, applied to every subject
 	@test -f $(WORKSPACE)/curated/subjects.csv -a -d $(HEART_LABELS) || \
@@ -85,6 +87,9 @@ heart: setup ## Heart sub-parts on a demo workspace (after make demo): label tra
 	$(PY) -m totalseg_train +experiment=heart_tiny paths.workspace=$(WORKSPACE)
 	$(PY) -m data_prep.heart_transfer.apply paths.workspace=$(WORKSPACE) model=$(WORKSPACE)/results/heart_tiny device=cpu
 	@echo "heart sub-parts of every subject: $(WORKSPACE)/heart/predicted (the bootstrap loop's start maps and rounds use them)"
+
+audit: setup ## Search every file of $(WORKSPACE) for identifying values of its DICOM input and for withdrawn subjects (exit 1 on a finding)
+	$(PY) -m data_prep.audit paths.workspace=$(WORKSPACE)
 
 tables: setup ## The paper's tables and figures from the runs in $(WORKSPACE), beside the published values: reports/paper/index.html (reads only)
 	$(PY) -m totalseg_train.report paths.workspace=$(WORKSPACE)

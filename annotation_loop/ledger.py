@@ -1,6 +1,7 @@
 """The bootstrap ledger: one SQLite store of every subject's annotation state and every round.
 
-A subject moves unlabeled -> predicted (round r, model m) -> in_correction -> reviewed. Every move
+A subject moves unlabeled -> predicted (round r, model m) -> in_correction -> reviewed, and from any state
+to withdrawn when its patient withdraws consent (its history stays, without file paths). Every move
 is one transaction that updates the subject and appends to its history, so a killed process
 leaves either the old or the new state, never half of each.
 """
@@ -16,13 +17,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 UNLABELED, PREDICTED, IN_CORRECTION, REVIEWED = "unlabeled", "predicted", "in_correction", "reviewed"
-STATES = (UNLABELED, PREDICTED, IN_CORRECTION, REVIEWED)
+WITHDRAWN = "withdrawn"  # consent withdrawn: never trained on, predicted or handed out again
+STATES = (UNLABELED, PREDICTED, IN_CORRECTION, REVIEWED, WITHDRAWN)
 # Allowed moves; a subject in correction may also be re-predicted by a later round before review.
 _TRANSITIONS = {
     UNLABELED: {PREDICTED, IN_CORRECTION},
     PREDICTED: {IN_CORRECTION, PREDICTED},
     IN_CORRECTION: {REVIEWED, PREDICTED},
     REVIEWED: {REVIEWED},
+    WITHDRAWN: set(),
 }
 SOURCES = ("manual", "corrected_prediction", "accepted_prediction")
 
@@ -191,6 +194,21 @@ class Ledger:
             (subject_id, row["state"], to_state, round if round is not None else row["round"],
              model if model is not None else row["model"], source, now()),
         )
+
+    def withdraw(self, db: sqlite3.Connection, subject_id: str) -> bool:
+        """Retire a subject whose patient withdrew consent: state withdrawn, the paths to its files (prediction,
+        heart start maps) cleared, its history and efforts kept as numbers. False when it was retired already."""
+        row = db.execute("SELECT state FROM subjects WHERE subject_id = ?", (subject_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"unknown subject {subject_id!r}")
+        if row["state"] == WITHDRAWN:
+            return False
+        db.execute("UPDATE subjects SET state = ?, prediction = NULL, updated_at = ? WHERE subject_id = ?",
+                   (WITHDRAWN, now(), subject_id))
+        db.execute("UPDATE heart_priors SET file = '' WHERE subject_id = ?", (subject_id,))
+        db.execute("INSERT INTO events (subject_id, from_state, to_state, round, model, source, at) "
+                   "VALUES (?,?,?,NULL,NULL,NULL,?)", (subject_id, row["state"], WITHDRAWN, now()))
+        return True
 
     def record_effort(self, db: sqlite3.Connection, subject_id: str, version: int, round: int | None, source: str,
                       per_class: list[dict]) -> None:

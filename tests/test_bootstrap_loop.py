@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 import SimpleITK as sitk
 
 from annotation_loop.label_store import LabelStore
-from annotation_loop.ledger import IN_CORRECTION, PREDICTED, REVIEWED, UNLABELED, Ledger
+from annotation_loop.ledger import IN_CORRECTION, PREDICTED, REVIEWED, UNLABELED, WITHDRAWN, Ledger
 from annotation_loop.round import STEPS
 from totalseg_train.atomic import TMP_MARK
 from totalseg_train.images import Geometry
@@ -199,3 +200,61 @@ def test_annotators_get_predictions_label_tables_qa_sheets_and_a_ranked_worklist
         assert (ws / "qa" / "round_02" / "subjects" / f"{subject_id}.png").stat().st_size > 10_000
     tables = {p.name for p in store.predicted_dir(2).iterdir() if p.is_file() and not p.name.endswith(".nii.gz")}
     assert {"labels_slicer.ctbl", "labels_itksnap.txt"} <= tables
+
+
+def subject_files(root: Path, subject_ids: set[str], keep: tuple[str, ...]) -> list[Path]:
+    """Files and folders under ``root`` named for a subject (``<id>``, ``<id>.*``, ``<id>_*``), outside ``keep``."""
+    found = []
+    for path in root.rglob("*"):
+        if any(part in keep for part in path.relative_to(root).parts):
+            continue
+        stem = path.name.split(".")[0].split("_")[0]
+        if stem in subject_ids:
+            found.append(path)
+    return found
+
+
+def test_a_withdrawn_patient_leaves_every_output_and_the_report_names_the_models_that_saw_them(loop, tmp_path):
+    """A copy of the finished loop: a patient of round 1's batch (predicted, corrected, final, rendered, trained on in
+    round 2) withdraws; curation retires the subjects, the withdraw stage removes them everywhere else."""
+    ws = tmp_path / "ws"
+    shutil.copytree(loop["ws"], ws, symlinks=True)
+    key = pd.read_csv(ws / "private" / "pseudonym_key.csv", dtype=str, keep_default_na=False)
+    batch1 = pd.read_csv(ws / "annotation" / "rounds" / "round_01" / "batch.csv", dtype=str).subject_id
+    patient_id = key.set_index("subject_id").PatientID[batch1.iloc[0]]
+    gone = set(key.loc[key.PatientID == patient_id, "subject_id"])
+    assert subject_files(ws, gone, ("raw", "private", "logs"))  # the subject's files are there before
+    registry = pd.read_csv(ws / "raw" / "consent.csv", dtype=str, keep_default_na=False)
+    registry.loc[registry.patient_id == patient_id, "research_consent"] = "no"
+    registry.to_csv(ws / "raw" / "consent.csv", index=False)
+    curation = subprocess.run([sys.executable, "-m", "data_prep.curate", f"paths.workspace={ws}", "progress=false"],
+                              capture_output=True, text=True, cwd=REPO)
+    assert curation.returncode == 0, curation.stderr[-3000:]
+    assert "python -m annotation_loop.withdraw" in curation.stdout
+    assert set(pd.read_csv(ws / "curated" / "withdrawn.csv", dtype=str).subject_id) == gone
+
+    out = cli("annotation_loop.withdraw", ws)
+    assert "trained models that saw it (weights kept)" in out
+    assert subject_files(ws, gone, ("raw", "private", "logs")) == []
+    for table in [*ws.rglob("*.csv"), *ws.rglob("*.parquet")]:
+        if table.name.startswith("withdraw") or "logs" in table.parts or "private" in table.parts:
+            continue
+        frame = pd.read_parquet(table) if table.suffix == ".parquet" else pd.read_csv(table, dtype=str)
+        assert not frame.astype(str).isin(gone).any().any(), table
+    split = json.loads((ws / "annotation" / "rounds" / "round_02" / "nnunet" / "split.json").read_text())
+    assert not gone & set(split["train"] + split["val"]) and not gone & set(split["patients"])
+    ledger = Ledger(ws / "annotation" / "ledger.sqlite")
+    try:
+        for sid in gone & set(batch1):
+            subject = ledger.subject(sid)
+            assert subject.state == WITHDRAWN and subject.prediction is None
+            assert [e["to_state"] for e in ledger.events(sid)][-2:] == [REVIEWED, WITHDRAWN]
+    finally:
+        ledger.close()
+    report = pd.read_csv(ws / "reports" / "withdrawals.csv", dtype=str)
+    assert set(report.subject_id) == gone
+    models = report[report.action.str.startswith("model")]
+    assert any("round_02" in p for p in models.path) and (report.action == "deleted").sum() > 10
+    # Run again: nothing more to remove, the report unchanged.
+    assert "nothing to remove" in cli("annotation_loop.withdraw", ws)
+    assert len(pd.read_csv(ws / "reports" / "withdrawals.csv")) == len(report)

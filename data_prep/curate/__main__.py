@@ -22,6 +22,10 @@ def main(cfg: DictConfig) -> None:
         print(f"    excluded {reason:<22} {count}")
     print(f"  subjects: {s.curated}/subjects.csv; every series with its decision: {s.curated}/series.parquet")
     print(f"  key (identifying, keep private): {cfg.paths.private}/pseudonym_key.csv")
+    if s.withdrawn:
+        print(f"  consent withdrawn: {len(s.withdrawn)} subjects retired ({s.curated}/withdrawn.csv); remove them "
+              f"from every later stage's output with: python -m annotation_loop.withdraw paths.workspace="
+              f"{cfg.paths.workspace}")
     print(f"  characteristics: {cfg.paths.reports}/{CHARACTERISTICS}.md")
 
 

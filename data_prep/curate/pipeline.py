@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 SERIES_TABLE = "series.parquet"
 SUBJECTS_TABLE = "subjects.csv"
 SUMMARY_FILE = "curation.json"
+WITHDRAWN_TABLE = "withdrawn.csv"           # subject ids retired because consent was withdrawn (no other data)
 PROBLEMS_FILE = "unreadable_files.csv"       # in the private folder: paths may name patients
 ERRORS_FILE = "conversion_errors.csv"        # in the private folder: error messages may hold paths
 CHARACTERISTICS = "characteristics"          # .md and .csv in the reports folder
@@ -61,6 +62,7 @@ class CurationSummary:
     n_subjects: int
     n_converted: int                 # images written by this run
     n_removed: int                   # images removed (consent withdrawn, excluded by annotators)
+    withdrawn: list[str]             # subject ids retired (consent withdrawn), this run and earlier ones
     n_without_consent: int           # series stopped by the consent gate: all that is kept of them
     scan_seconds: float
     convert_seconds: float
@@ -238,13 +240,16 @@ def curate(cfg: DictConfig) -> CurationSummary:
 
     write_table(table, curated / SERIES_TABLE)
     write_table(subjects, curated / SUBJECTS_TABLE)
+    withdrawn = store.retired_subjects()
+    write_table(pd.DataFrame({"subject_id": withdrawn}), curated / WITHDRAWN_TABLE)
     chars = characteristics_table(subjects, list(cfg.characteristics.age_bins),
                                   list(cfg.characteristics.slice_thickness_bins_mm))
     write_table(chars, reports / f"{CHARACTERISTICS}.csv")
     write_text(reports / f"{CHARACTERISTICS}.md", to_markdown(chars))
     reasons = {str(k): int(v) for k, v in table.loc[table["decision"] != INCLUDED, "reason"].value_counts().items()}
     summary = CurationSummary(curated, scan.n_files, len(scan.problems), len(series), len(subjects), n_converted,
-                              n_removed, n_without_consent, scan.seconds, convert_seconds, table, subjects, chars, reasons)
+                              n_removed, withdrawn, n_without_consent, scan.seconds, convert_seconds, table, subjects,
+                              chars, reasons)
     write_text(curated / SUMMARY_FILE, json.dumps({
         "files": scan.n_files, "problem_files": scan.problems["problem"].value_counts().to_dict(),
         "series": len(series) + n_without_consent, "without_consent": n_without_consent,

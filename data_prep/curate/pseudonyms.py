@@ -88,6 +88,10 @@ class PseudonymStore:
         self._maps["subject"] = dict(zip(self.key["series_key"], self.key["subject_id"]))
         return retired
 
+    def retired_subjects(self) -> list[str]:
+        """Subject ids of every series whose patient withdrew consent, in any run so far."""
+        return sorted(self.key.loc[self.key["series_key"].str.startswith(RETIRED), "subject_id"])
+
     def save(self) -> None:
         """Write both private tables (atomically), before anything derived from them is written."""
         mapping = pd.DataFrame(
