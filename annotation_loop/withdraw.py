@@ -204,19 +204,18 @@ def withdraw(cfg: DictConfig) -> pd.DataFrame:
     for sid, folder, group in _models_trained_on(sweep.model_records, subject_ids):
         rows.append({"subject_id": sid, "action": "model trained on it (weights kept)", "path": str(folder),
                      "detail": f"{group} split"})
-    report = pd.DataFrame(rows, columns=REPORT_COLUMNS).assign(at=at)
-    _write_report(report, reports)
-    return report
+    return _write_report(pd.DataFrame(rows, columns=REPORT_COLUMNS).assign(at=at), reports)
 
 
-def _write_report(new: pd.DataFrame, reports: Path) -> None:
-    """Append this run's removals (models that saw a subject are listed once)."""
+def _write_report(new: pd.DataFrame, reports: Path) -> pd.DataFrame:
+    """Append this run's removals (a model that saw a subject is listed once); returns the rows added."""
     csv = reports / f"{REPORT}.csv"
     before = pd.read_csv(csv, dtype=str, keep_default_na=False) if csv.is_file() else pd.DataFrame(columns=REPORT_COLUMNS)
-    models = new.action.str.startswith("model")
     seen = set(zip(before.subject_id, before.action, before.path))
-    new = new[~models | ~pd.Series([(r.subject_id, r.action, r.path) in seen for r in new.itertuples()],
-                                   index=new.index, dtype=bool)]
+    new = new[[not (a.startswith("model") and (s, a, p) in seen) for s, a, p in zip(new.subject_id, new.action,
+                                                                                       new.path)]]
+    if new.empty:
+        return new
     table = pd.concat([before, new], ignore_index=True)
     write_table(table, csv)
     lines = ["# Withdrawals", "", "What was removed from the workspace for subjects whose patient withdrew consent "
@@ -229,6 +228,7 @@ def _write_report(new: pd.DataFrame, reports: Path) -> None:
                      f"{group.action.isin(['rows removed', 'entries removed']).sum()} | "
                      f"{'retired' if (group.action == 'ledger: retired').any() else '-'} | {models} |")
     write_text(reports / f"{REPORT}.md", "\n".join(lines) + "\n")
+    return new
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="withdraw", version_base="1.3")

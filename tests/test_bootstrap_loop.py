@@ -255,6 +255,9 @@ def test_a_withdrawn_patient_leaves_every_output_and_the_report_names_the_models
     assert set(report.subject_id) == gone
     models = report[report.action.str.startswith("model")]
     assert any("round_02" in p for p in models.path) and (report.action == "deleted").sum() > 10
-    # Run again: nothing more to remove, the report unchanged.
+    # Run again: nothing more to remove, the report unchanged; the audit finds no trace of them.
     assert "nothing to remove" in cli("annotation_loop.withdraw", ws)
     assert len(pd.read_csv(ws / "reports" / "withdrawals.csv")) == len(report)
+    audit = subprocess.run([sys.executable, "-m", "data_prep.audit", f"paths.workspace={ws}"], capture_output=True,
+                           text=True, cwd=REPO)
+    assert audit.returncode == 0, audit.stderr[-3000:]
