@@ -72,7 +72,7 @@ def test_the_model_is_planned_and_trained_as_the_tiny_experiment_says(tiny_run):
     assert tiny["architecture"]["arch_kwargs"]["features_per_stage"] == [16, 32, 64]
     assert tiny["totalseg_training"] == {"num_epochs": 2, "num_iterations_per_epoch": 10,
                                          "num_val_iterations_per_epoch": 2, "optimizer": "adamw",
-                                         "initial_lr": 0.001, "initial_checkpoint": None,
+                                         "initial_lr": 0.001, "checkpoint_every": 1, "initial_checkpoint": None,
                                          "final_validation": True}
     fold = tiny_run / "nnunet" / "results" / "Dataset390_tiny" / MODEL / "fold_0"
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
