@@ -60,16 +60,21 @@ def phantom_index(phantom_cohort) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="session")
-def coarse_cohort():
+def coarse_cohort(tmp_path_factory):
     """Factory ``make(workspace, n_subjects)``: a phantom cohort drawn at 6 mm in-plane and 5 mm slices (few voxels:
-    quick to train on and to predict), curated by the real curation stage, its truth labels exported."""
+    quick to train on and to predict), curated by the real curation stage, its truth labels exported. Each size is
+    generated once per session and copied into every workspace that asks for it (the bootstrap loop and the heart
+    model both start from the 30-patient cohort)."""
+    import shutil
     import subprocess
     import sys
 
     from data_prep.phantom.cohort import generate_cohort
     from data_prep.phantom.truth_labels import export_truth_labels
 
-    def make(workspace: Path, n_subjects: int) -> Path:
+    made: dict[int, Path] = {}
+
+    def generate(workspace: Path, n_subjects: int) -> None:
         cfg = compose_config("phantom", [f"paths.workspace={workspace}", f"n_subjects={n_subjects}", "seed=0",
                                          "pixel_spacing_mm=6.0", "slice_thickness_mm.values=[5.0]",
                                          "slice_thickness_mm.weights=[1.0]"])
@@ -79,6 +84,12 @@ def coarse_cohort():
         assert run.returncode == 0, f"curation failed:\n{run.stderr[-4000:]}"
         export_truth_labels(workspace / "private" / "pseudonym_key.csv", workspace / "raw" / "truth",
                             workspace / "curated" / "images", workspace / "truth_labels")
+
+    def make(workspace: Path, n_subjects: int) -> Path:
+        if n_subjects not in made:
+            made[n_subjects] = tmp_path_factory.mktemp(f"coarse_cohort_{n_subjects}")
+            generate(made[n_subjects], n_subjects)
+        shutil.copytree(made[n_subjects], workspace, dirs_exist_ok=True)
         return workspace
 
     return make
