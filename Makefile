@@ -19,7 +19,7 @@ HEART_LABELS ?= $(WORKSPACE)/truth_labels
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .DEFAULT_GOAL := help
-.PHONY: audit bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics
+.PHONY: audit robustness bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -91,6 +91,10 @@ heart: setup ## Heart sub-parts on a demo workspace (after make demo): label tra
 
 audit: setup ## Search every file of $(WORKSPACE) for identifying values of its DICOM input and for withdrawn subjects (exit 1 on a finding)
 	$(PY) -m data_prep.audit paths.workspace=$(WORKSPACE)
+
+robustness: setup ## Seeded fuzzing: 420 broken NIfTI inputs through the readers, 120 broken DICOM series through curation (~2 min)
+	$(PY) -m totalseg_train.robustness --per-kind 20
+	$(PY) -m data_prep.curate.robustness --per-kind 20
 
 tables: setup ## The paper's tables and figures from the runs in $(WORKSPACE), beside the published values: reports/paper/index.html (reads only)
 	$(PY) -m totalseg_train.report paths.workspace=$(WORKSPACE)
