@@ -11,7 +11,7 @@ from annotation_loop.effort import TOTAL, correction_effort
 from annotation_loop.ingest import ingest
 from annotation_loop.label_store import FinalLabelExists, LabelStore
 from annotation_loop.label_tables import itksnap_label_description, slicer_colour_table
-from annotation_loop.ledger import IN_CORRECTION, PREDICTED, REVIEWED, UNLABELED, Ledger, LedgerError
+from annotation_loop.ledger import IN_CORRECTION, PREDICTED, REVIEWED, UNLABELED, WITHDRAWN, Ledger, LedgerError
 from annotation_loop.review.decisions import read_decisions, record_decision
 from annotation_loop.start import start
 from totalseg_train import classes
@@ -55,7 +55,16 @@ def test_ledger_moves_are_checked_and_logged(tmp_path):
     assert ledger.reviewed_in_order() == ["c", "a"]
     assert ledger.subject("a").final_version == 1 and ledger.subject("a").model == "m1"
     assert [e["to_state"] for e in ledger.events("a")] == [UNLABELED, PREDICTED, IN_CORRECTION, REVIEWED]
-    assert ledger.counts() == {UNLABELED: 2, PREDICTED: 0, IN_CORRECTION: 0, REVIEWED: 2}
+    assert ledger.counts() == {UNLABELED: 2, PREDICTED: 0, IN_CORRECTION: 0, REVIEWED: 2, WITHDRAWN: 0}
+    # Consent withdrawn: retired with its history, the path to its prediction cleared, never moved again.
+    with ledger.transaction() as db:
+        assert ledger.withdraw(db, "a") is True and ledger.withdraw(db, "a") is False
+    assert ledger.subject("a").state == WITHDRAWN and ledger.subject("a").prediction is None
+    assert [e["to_state"] for e in ledger.events("a")] == [UNLABELED, PREDICTED, IN_CORRECTION, REVIEWED, WITHDRAWN]
+    assert ledger.reviewed_in_order() == ["c"]
+    with pytest.raises(LedgerError, match="cannot go from withdrawn"):
+        with ledger.transaction() as db:
+            ledger.move(db, "a", REVIEWED)
     ledger.start_round(1, 5, "tiny", {"x": 1})
     ledger.finish_step(1, "train", {"seconds": 3.0}, model="m1")
     ledger.finish_step(1, "train")
