@@ -189,6 +189,17 @@ def fuzz(labels_path: Path, image_path: Path, per_kind: int, seed: int, labels_v
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def report(table: pd.DataFrame, shown: pd.DataFrame, summary: str, out: Path | None) -> int:
+    """Print a fuzzing run's table and summary, write the table to ``out`` if given; exit status 1 on a crash."""
+    with pd.option_context("display.max_colwidth", 90, "display.width", 200):
+        print(shown.to_string(index=False))
+    print(summary)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+    return 1 if table.crashed.sum() else 0
+
+
 def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -205,15 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     before = peak_memory_mb()
     table = fuzz(args.labels, args.image, args.per_kind, args.seed, args.labels_version)
     grown = peak_memory_mb() - before
-    with pd.option_context("display.max_colwidth", 90, "display.width", 200):
-        print(table.drop(columns="example").to_string(index=False))
-    print(f"{int(table.tried.sum())} inputs read, {int(table.rejected.sum())} rejected naming the file, "
-          f"{int(table.accepted.sum())} accepted, {int(table.crashed.sum())} crashed; peak memory grew by "
-          f"{grown:.0f} MB")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out, index=False)
-    return 1 if table.crashed.sum() else 0
+    return report(table, table.drop(columns="example"),
+                  f"{int(table.tried.sum())} inputs read, {int(table.rejected.sum())} rejected naming the file, "
+                  f"{int(table.accepted.sum())} accepted, {int(table.crashed.sum())} crashed; peak memory grew by "
+                  f"{grown:.0f} MB", args.out)
 
 
 if __name__ == "__main__":

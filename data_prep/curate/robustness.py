@@ -23,6 +23,7 @@ import pydicom
 
 from data_prep.curate.pipeline import PROBLEMS_FILE, curate
 from totalseg_train.config import compose_config
+from totalseg_train.robustness import report
 
 SERIES = Path(__file__).resolve().parents[3] / "shared" / "data" / "ct_example" / "example_ct_dicom"
 PATIENT = "FUZZ-0001"
@@ -133,15 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     if not SERIES.is_dir():
         sys.exit(f"error: {SERIES} not found (the shared example series)")
     table = fuzz(args.per_kind, args.seed)
-    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(table.to_string(index=False))
-    print(f"{int(table.tried.sum())} broken series curated: {int(table.file_listed.sum())} with the file listed, "
-          f"{int(table.series_excluded.sum())} excluded with a reason, {int(table.converted.sum())} converted, "
-          f"{int(table.crashed.sum())} crashed")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out, index=False)
-    return 1 if table.crashed.sum() else 0
+    return report(table, table, f"{int(table.tried.sum())} broken series curated: {int(table.file_listed.sum())} "
+                  f"with the file listed, {int(table.series_excluded.sum())} excluded with a reason, "
+                  f"{int(table.converted.sum())} converted, {int(table.crashed.sum())} crashed", args.out)
 
 
 if __name__ == "__main__":
