@@ -7,8 +7,7 @@ INSTALLED := $(VENV)/.installed
 WORKSPACE ?= $(CURDIR)/workspace/demo
 DEMO_SUBJECTS ?= 30
 # The demo's phantom grid (6 mm in-plane, 5 mm slices) and bootstrap (tiny rounds at N=5 and N=20, then 5 more).
-# Seeded training in one process repeats exactly: the demo's rounds are those of tests/test_bootstrap_loop.py,
-# which trains each round for 20 epochs instead of tiny's 30.
+# Seeded training in one process repeats exactly: the demo's rounds are those of tests/test_bootstrap_loop.py.
 DEMO_PHANTOM := pixel_spacing_mm=6.0 'slice_thickness_mm.values=[5.0]' 'slice_thickness_mm.weights=[1.0]'
 DEMO_LOOP := paths.workspace=$(WORKSPACE) bootstrap.experiment=tiny 'bootstrap.schedule=[5,20,25]' \
 	'bootstrap.train_overrides=["data_workers=0","model.seed=0"]'
@@ -47,8 +46,8 @@ system-deps: ## Install the Debian packages for headless rendering and the brows
 
 setup: $(INSTALLED) system-deps ## Create .venv and install the project and its system packages (once)
 
-test: setup ## Run the test suite
-	$(PY) -m pytest -q
+test: setup ## Run the test suite (two worker processes; the tests sharing a trained model run in one)
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 phantom: setup ## Generate a phantom cohort: make phantom WORKSPACE=... DEMO_SUBJECTS=...
 	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS)

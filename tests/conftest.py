@@ -13,6 +13,23 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 CT_EXAMPLE = SHARED / "data" / "ct_example"
 
+# make test runs the suite in two pytest-xdist workers (--dist loadgroup). The modules that share a trained model
+# run in one worker, so that each model is trained once per session; the two long loop scenarios are groups of
+# their own, so the other worker goes on meanwhile. Modules not named here go to whichever worker is free.
+XDIST_GROUPS = {
+    "test_console": "tiny_model", "test_report": "tiny_model", "test_runtime": "tiny_model",
+    "test_statistics": "tiny_model", "test_train_engine": "tiny_model",
+    "test_heart_model": "heart_model", "test_heart_loop": "heart_model",
+    "test_bootstrap_loop": "bootstrap_loop",
+}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        group = XDIST_GROUPS.get(item.module.__name__)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
