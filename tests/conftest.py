@@ -24,6 +24,7 @@ XDIST_GROUPS = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into scheduling groups
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
         group = XDIST_GROUPS.get(item.module.__name__)
