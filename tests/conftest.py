@@ -14,12 +14,13 @@ SHARED = REPO.parent / "shared"
 CT_EXAMPLE = SHARED / "data" / "ct_example"
 
 # make test runs the suite in two pytest-xdist workers (--dist loadgroup). The modules that share a trained model
-# run in one worker, so that each model is trained once per session; the two long loop scenarios are groups of
-# their own, so the other worker goes on meanwhile. Modules not named here go to whichever worker is free.
+# (tiny, tiny_parts, heart_tiny) form one group, so each model is trained once per session; the bootstrap loop is the
+# other long group. xdist hands out the groups largest first (by test count), so the models go to one worker and
+# the loop to the other; every other test goes to whichever worker is free.
 XDIST_GROUPS = {
-    "test_console": "tiny_model", "test_report": "tiny_model", "test_runtime": "tiny_model",
-    "test_statistics": "tiny_model", "test_train_engine": "tiny_model",
-    "test_heart_model": "heart_model", "test_heart_loop": "heart_model",
+    "test_console": "trained_models", "test_report": "trained_models", "test_runtime": "trained_models",
+    "test_statistics": "trained_models", "test_train_engine": "trained_models",
+    "test_heart_model": "trained_models", "test_heart_loop": "trained_models",
     "test_bootstrap_loop": "bootstrap_loop",
 }
 
