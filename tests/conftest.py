@@ -13,25 +13,6 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 CT_EXAMPLE = SHARED / "data" / "ct_example"
 
-# make test runs the suite in two pytest-xdist workers (--dist loadgroup). The modules that share a trained model
-# (tiny, tiny_parts, heart_tiny) form one group, so each model is trained once per session; the bootstrap loop is the
-# other long group. xdist hands out the groups largest first (by test count), so the models go to one worker and
-# the loop to the other; every other test goes to whichever worker is free.
-XDIST_GROUPS = {
-    "test_console": "trained_models", "test_report": "trained_models", "test_runtime": "trained_models",
-    "test_statistics": "trained_models", "test_train_engine": "trained_models",
-    "test_heart_model": "trained_models", "test_heart_loop": "trained_models",
-    "test_bootstrap_loop": "bootstrap_loop",
-}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into scheduling groups
-def pytest_collection_modifyitems(items) -> None:
-    for item in items:
-        group = XDIST_GROUPS.get(item.module.__name__)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
-
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:

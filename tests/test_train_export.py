@@ -154,7 +154,7 @@ def test_the_experiment_configuration_inherits_from_3d_fullres_and_merges_the_ne
     assert entry[TRAINING_KEY] == {
         "num_epochs": tiny.epochs, "num_iterations_per_epoch": tiny.iterations_per_epoch,
         "num_val_iterations_per_epoch": tiny.val_iterations, "optimizer": "adamw", "initial_lr": 0.001,
-        "initial_checkpoint": "/m/fold_0/checkpoint_final.pth",
+        "checkpoint_every": 1, "initial_checkpoint": "/m/fold_0/checkpoint_final.pth",
         "final_validation": True}
 
 
