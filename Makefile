@@ -52,7 +52,7 @@ test: setup ## Run the test suite
 phantom: setup ## Generate a phantom cohort: make phantom WORKSPACE=... DEMO_SUBJECTS=...
 	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS)
 
-demo: setup ## The whole pipeline on a phantom cohort in $(WORKSPACE): curation, QA, two bootstrap rounds, training, paper tables (~17 min)
+demo: setup ## The whole pipeline on a phantom cohort in $(WORKSPACE): curation, QA, two bootstrap rounds, training, paper tables, audit (~15 min)
 	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS) $(DEMO_PHANTOM)
 	$(PY) -m data_prep.curate paths.workspace=$(WORKSPACE)
 	@cat $(WORKSPACE)/reports/characteristics.md
