@@ -35,25 +35,17 @@ from annotation_loop.ledger import Ledger, LedgerError
 from totalseg_train.atomic import TMP_MARK, write_table, write_text
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.engine.training import TRAINED_WITH
+from totalseg_train.subject_traces import read_any_table, read_subject_list, rows_naming, subject_in_name
 
 REPORT = "withdrawals"  # .csv and .md in the reports folder
 REPORT_COLUMNS = ["subject_id", "action", "path", "detail", "at"]
 SHEETS, GRIDS = "subjects", "grids"  # a QA folder's sheets and the grids composed of them
 
 
-def owner(name: str, subject_ids: set[str]) -> str | None:
-    """The subject a file or folder name belongs to: the id itself, or the id followed by '.' or '_'."""
-    for cut in (name.find("."), name.find("_")):
-        if cut > 0 and name[:cut] in subject_ids:
-            return name[:cut]
-    return name if name in subject_ids else None
-
-
 def scrub_table(table: pd.DataFrame, subject_ids: set[str]) -> tuple[pd.DataFrame, dict[str, int]]:
     """The table without the rows in which any cell names a subject; rows removed per subject."""
-    text = table.astype(str)
-    hit = text.isin(subject_ids).any(axis=1)
-    removed = {sid: int((text == sid).any(axis=1).sum()) for sid in subject_ids} if hit.any() else {}
+    hit = rows_naming(table, subject_ids)
+    removed = {sid: int(rows_naming(table[hit], {sid}).sum()) for sid in subject_ids} if hit.any() else {}
     return table[~hit], {sid: n for sid, n in removed.items() if n}
 
 
@@ -85,7 +77,7 @@ def _walk(root: Path, skip: set[Path], subject_ids: set[str]) -> Sweep:
     for folder, dirs, names in os.walk(root):
         here = Path(folder)
         for d in list(dirs):
-            sid = owner(d, subject_ids)
+            sid = subject_in_name(d, subject_ids)
             if (here / d) in skip or d.startswith(TMP_MARK):
                 dirs.remove(d)
             elif sid:
@@ -93,16 +85,13 @@ def _walk(root: Path, skip: set[Path], subject_ids: set[str]) -> Sweep:
                 dirs.remove(d)
         for name in names:
             path = here / name
-            if path in skip:
-                continue
-            if path.is_symlink():
-                sid = owner(name, subject_ids)
-                if sid:
-                    sweep.delete[path] = sid
+            sid = subject_in_name(name, subject_ids)
+            if path in skip or path.is_symlink():
+                if sid and path not in skip:
+                    sweep.delete[path] = sid  # the link goes; where it points is judged by its own name
                 continue
             stat = path.stat()
             key = (stat.st_dev, stat.st_ino)
-            sid = owner(name, subject_ids)
             if sid:
                 sweep.delete[path] = sid
                 inodes[key] = sid
@@ -124,11 +113,9 @@ def _walk(root: Path, skip: set[Path], subject_ids: set[str]) -> Sweep:
 
 
 def _rewrite_table(path: Path, subject_ids: set[str]) -> dict[str, int]:
-    try:
-        table = (pd.read_parquet(path) if path.suffix == ".parquet"
-                 else pd.read_csv(path, dtype=str, keep_default_na=False))
-    except (ValueError, OSError, pd.errors.ParserError):
-        return {}  # not a table this stage can read (e.g. an nnU-Net binary); nothing named in it is touched
+    table = read_any_table(path)
+    if table is None:
+        return {}  # not a table this stage can read; nothing named in it is touched
     kept, removed = scrub_table(table, subject_ids)
     if removed:
         write_table(kept, path)
@@ -155,15 +142,9 @@ def _models_trained_on(records: list[Path], subject_ids: set[str]) -> Iterator[t
                 yield sid, record.parent, group
 
 
-def read_withdrawn(path: Path) -> list[str]:
-    if not path.is_file():
-        return []
-    return sorted(pd.read_csv(path, dtype=str, keep_default_na=False)["subject_id"])
-
-
 def withdraw(cfg: DictConfig) -> pd.DataFrame:
     """Remove every retired subject's data from the workspace; returns this run's report rows."""
-    subject_ids = set(read_withdrawn(Path(cfg.withdrawn_csv)))
+    subject_ids = read_subject_list(Path(cfg.withdrawn_csv))
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows: list[dict] = []
     if not subject_ids:
@@ -210,7 +191,8 @@ def withdraw(cfg: DictConfig) -> pd.DataFrame:
 def _write_report(new: pd.DataFrame, reports: Path) -> pd.DataFrame:
     """Append this run's removals (a model that saw a subject is listed once); returns the rows added."""
     csv = reports / f"{REPORT}.csv"
-    before = pd.read_csv(csv, dtype=str, keep_default_na=False) if csv.is_file() else pd.DataFrame(columns=REPORT_COLUMNS)
+    before = (pd.read_csv(csv, dtype=str, keep_default_na=False) if csv.is_file()
+              else pd.DataFrame(columns=REPORT_COLUMNS))
     seen = set(zip(before.subject_id, before.action, before.path))
     new = new[[not (a.startswith("model") and (s, a, p) in seen) for s, a, p in zip(new.subject_id, new.action,
                                                                                        new.path)]]
@@ -235,7 +217,7 @@ def _write_report(new: pd.DataFrame, reports: Path) -> pd.DataFrame:
 def main(cfg: DictConfig) -> None:
     report = withdraw(cfg)
     if report.empty:
-        print(f"nothing to remove (withdrawn subjects: {len(read_withdrawn(Path(cfg.withdrawn_csv)))}, "
+        print(f"nothing to remove (withdrawn subjects: {len(read_subject_list(Path(cfg.withdrawn_csv)))}, "
               f"from {cfg.withdrawn_csv})")
         return
     for sid, group in report.groupby("subject_id", sort=True):

@@ -31,6 +31,7 @@ import pydicom
 from omegaconf import DictConfig
 
 from totalseg_train.config import CONFIG_PATH
+from totalseg_train.subject_traces import read_any_table, read_subject_list, rows_naming, subject_in_name
 
 IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName",
                "InstitutionAddress", "ReferringPhysicianName", "StudyInstanceUID", "SeriesInstanceUID")
@@ -169,16 +170,10 @@ def search_file(path: Path, pattern: re.Pattern, kinds: dict[bytes, str], overla
 
 def withdrawn_findings(path: Path, withdrawn: set[str]) -> bool:
     """A file named for a withdrawn subject, or a table naming one."""
-    stem = path.name.split(".")[0].split("_")[0]
-    if stem in withdrawn:
+    if subject_in_name(path.name, withdrawn):
         return True
-    if path.suffix in (".csv", ".parquet"):
-        try:
-            table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str)
-        except (ValueError, OSError, pd.errors.ParserError):
-            return False
-        return bool(table.astype(str).isin(withdrawn).any().any())
-    return False
+    table = read_any_table(path) if path.suffix in (".csv", ".parquet") else None
+    return table is not None and bool(rows_naming(table, withdrawn).any())
 
 
 def audit(workspace: Path, values: dict[str, str], skip: list[Path], withdrawn: set[str],
@@ -213,9 +208,7 @@ def audit(workspace: Path, values: dict[str, str], skip: list[Path], withdrawn: 
 def run_audit(cfg: DictConfig) -> list[Finding]:
     workspace = Path(cfg.paths.workspace)
     values = identifying_values(Path(cfg.dataset.dicom_root), Path(cfg.key_csv))
-    withdrawn_csv = Path(cfg.withdrawn_csv)
-    withdrawn = (set(pd.read_csv(withdrawn_csv, dtype=str, keep_default_na=False).subject_id)
-                 if withdrawn_csv.is_file() else set())
+    withdrawn = read_subject_list(Path(cfg.withdrawn_csv))
     return audit(workspace, values, [Path(p) for p in cfg.skip], withdrawn,
                  [Path(p).resolve() for p in cfg.withdrawn_may_name])
 

@@ -16,7 +16,6 @@ from totalseg_train.atomic import write_table
 
 DECISIONS = ("ok", "needs_correction")
 COLUMNS = ["subject_id", "decision", "note", "reviewer", "decided_at", "reviewed_file", "reviewed_sha256"]
-BOUND = ("reviewed_file", "reviewed_sha256")  # absent from files of the earlier, unbound format
 MAX_NOTE = 2000
 
 

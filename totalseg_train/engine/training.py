@@ -89,6 +89,11 @@ def differences(before: object, now: object, where: str = "") -> list[str]:
     return [f"{where}: {before!r} -> {now!r}"]
 
 
+def has_checkpoint(folder: Path) -> bool:
+    """Whether a training has started in the part's model folder (any of nnU-Net's checkpoints is there)."""
+    return any((fold_folder(folder) / name).is_file() for name in CHECKPOINTS)
+
+
 def check_trained_with(folder: Path, record: dict) -> None:
     """Record what the part is trained with, or stop when its folder holds a training of something else
     (nnU-Net would continue or keep it, and the run would report settings the weights never saw)."""
@@ -102,7 +107,7 @@ def check_trained_with(folder: Path, record: dict) -> None:
                 + "\nUse another experiment name (model.name=...) for a new model, or delete the folder to train "
                   "this one again.")
         return
-    if any((fold_folder(folder) / name).is_file() for name in CHECKPOINTS):
+    if has_checkpoint(folder):
         log.warning("%s has checkpoints but no record of its settings (trained before the record existed); "
                     "recording this run's settings for it", folder)
     write_text(path, json.dumps(record, indent=1, sort_keys=True))
@@ -125,7 +130,7 @@ def train_part(plan: Plan, cfg: DictConfig) -> Path:
     env = {"nnUNet_n_proc_DA": None if cfg.data_workers is None else str(cfg.data_workers)}
     if cfg.logger.name == "wandb":
         env["WANDB_NAME"] = f"{cfg.model.name}-{plan.dataset.part}"
-    resume = bool(cfg.resume) and any((fold_folder(folder) / name).is_file() for name in CHECKPOINTS)
+    resume = bool(cfg.resume) and has_checkpoint(folder)
     log.info("%s %s (%s, %s epochs) on %s", "continuing" if resume else "training", plan.dataset.name,
              plan.configuration, cfg.model.epochs, device)
     with scoped_environment(env), captured(stage_log(bool(cfg.verbose))):

@@ -112,7 +112,8 @@ def dataset_section(subjects_csv: Path, series_table: Path, curation_summary: Pa
     section.figures.append(Figure("dataset_characteristics", "Subjects by characteristic",
                                   characteristics_figure(characteristics)))
     section.tables.append(Table(
-        "dataset_exclusions", "Series seen, excluded by reason, kept", exclusion_table(series, int(summary.get("without_consent", 0)), paper_reasons),
+        "dataset_exclusions", "Series seen, excluded by reason, kept",
+        exclusion_table(series, int(summary.get("without_consent", 0)), paper_reasons),
         note="The paper sampled 1368 CT series and excluded 37 of the extremities, 87 with missing slices and 40 too "
              "ambiguous to annotate; curation also sees the series a site exports besides (localizers, derived "
              "images, other modalities), which the paper's sample never held."))
