@@ -30,9 +30,11 @@ from annotation_loop.label_store import FinalLabelExists, LabelStore, same_label
 from annotation_loop.report import write_round_report
 from annotation_loop.review.decisions import COLUMNS, read_decisions
 from totalseg_train.checksums import file_sha256
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.images import Geometry, ImageFileError, nifti_path, subject_id_of
 from totalseg_train.label_maps import LabelFileError, read_label_map
+from totalseg_train.stage_lock import stage_lock
 
 
 class RejectedFile(ValueError):
@@ -159,6 +161,12 @@ def _ingest_corrections(ledger: Ledger, store: LabelStore, folder: Path, images:
 
 
 def ingest(cfg: DictConfig) -> IngestResult:
+    """Store the corrected files and the review's accepted predictions; one ingest at a time per workspace."""
+    with stage_lock(cfg.paths.annotation, "ingest"):
+        return _ingest(cfg)
+
+
+def _ingest(cfg: DictConfig) -> IngestResult:
     ledger = Ledger(cfg.bootstrap.ledger)
     store = LabelStore(cfg.paths.annotation)
     result = IngestResult()
@@ -175,6 +183,7 @@ def ingest(cfg: DictConfig) -> IngestResult:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="ingest", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     result = ingest(cfg)
     print(f"accepted {len(result.accepted)} corrected label maps, "

@@ -24,12 +24,13 @@ from annotation_loop.heart_prior import give_heart, heart_predictions
 from annotation_loop.label_store import LabelStore, link_latest
 from annotation_loop.label_tables import write_label_tables
 from annotation_loop.ledger import IN_CORRECTION, PREDICTED, UNLABELED, Ledger
-from annotation_loop.lock import RoundLocked, exclusive
 from annotation_loop.report import write_round_report
 from annotation_loop.start import register_curated, worklist_path
 from annotation_loop.worklist import rank
 from totalseg_train.atomic import write_table
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
+from totalseg_train.stage_lock import stage_lock
 from totalseg_train.engine.inference import ENTROPY_TABLE
 from totalseg_train.engine.training import TrainedWithOtherSettings
 from totalseg_train.heart_predictions import heart_class_ids
@@ -97,7 +98,7 @@ def _give_heart(cfg: DictConfig, ledger: Ledger, store: LabelStore, number: int,
 
 def run_round(cfg: DictConfig) -> RoundResult:
     annotation = Path(cfg.paths.annotation)
-    with exclusive(annotation / "round.lock", "a bootstrap round"):
+    with stage_lock(annotation, "round"):
         ledger = Ledger(cfg.bootstrap.ledger)
         try:
             return _run_locked(cfg, ledger, annotation)
@@ -197,10 +198,11 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="round", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     try:
         result = run_round(cfg)
-    except (RoundError, RoundLocked, TrainedWithOtherSettings) as err:
+    except (RoundError, TrainedWithOtherSettings) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if result.already_finished:

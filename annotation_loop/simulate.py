@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from scipy import ndimage
 
 from annotation_loop.ledger import IN_CORRECTION, Ledger
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.images import nifti_path, write_image
 from totalseg_train.label_maps import read_label_map
@@ -85,6 +86,7 @@ def simulate_corrections(cfg: DictConfig) -> list[str]:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="simulate_annotator", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     written = simulate_corrections(cfg)
     print(f"simulated annotator: {len(written)} corrections in {cfg.out}")

@@ -20,8 +20,10 @@ from annotation_loop.heart_prior import heart_predictions, write_start_map
 from annotation_loop.label_store import LabelStore
 from annotation_loop.ledger import IN_CORRECTION, UNLABELED, Ledger
 from totalseg_train.atomic import write_table
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.images import nifti_path
+from totalseg_train.stage_lock import stage_lock
 
 
 def register_curated(ledger: Ledger, subjects_csv: Path, seed: int) -> int:
@@ -42,6 +44,11 @@ def worklist_path(annotation_dir: Path, round_number: int) -> Path:
 
 def start(cfg: DictConfig) -> list[str]:
     """Register subjects; if nobody has been handed out yet, hand out the first batch to draw."""
+    with stage_lock(cfg.paths.annotation, "start"):
+        return _start(cfg)
+
+
+def _start(cfg: DictConfig) -> list[str]:
     ledger = Ledger(cfg.bootstrap.ledger)
     try:
         register_curated(ledger, Path(cfg.bootstrap.subjects_csv), int(cfg.bootstrap.seed))
@@ -73,6 +80,7 @@ def start(cfg: DictConfig) -> list[str]:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="bootstrap_start", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     first = start(cfg)
     if first:

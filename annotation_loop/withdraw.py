@@ -33,9 +33,11 @@ from omegaconf import DictConfig
 
 from annotation_loop.ledger import Ledger, LedgerError
 from totalseg_train.atomic import TMP_MARK, write_table, write_text
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.engine.training import TRAINED_WITH
 from totalseg_train.subject_traces import read_any_table, read_subject_list, rows_naming, subject_in_name
+from totalseg_train.stage_lock import stage_lock
 
 REPORT = "withdrawals"  # .csv and .md in the reports folder
 REPORT_COLUMNS = ["subject_id", "action", "path", "detail", "at"]
@@ -143,7 +145,14 @@ def _models_trained_on(records: list[Path], subject_ids: set[str]) -> Iterator[t
 
 
 def withdraw(cfg: DictConfig) -> pd.DataFrame:
-    """Remove every retired subject's data from the workspace; returns this run's report rows."""
+    """Remove every retired subject's data from the workspace; returns this run's report rows. Refused while a
+    round or an ingest runs: both write what a withdrawal removes."""
+    annotation = cfg.paths.annotation
+    with stage_lock(annotation, "round"), stage_lock(annotation, "ingest"), stage_lock(annotation, "withdraw"):
+        return _withdraw(cfg)
+
+
+def _withdraw(cfg: DictConfig) -> pd.DataFrame:
     subject_ids = read_subject_list(Path(cfg.withdrawn_csv))
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows: list[dict] = []
@@ -214,6 +223,7 @@ def _write_report(new: pd.DataFrame, reports: Path) -> pd.DataFrame:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="withdraw", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     report = withdraw(cfg)
     if report.empty:

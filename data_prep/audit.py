@@ -30,6 +30,7 @@ import pandas as pd
 import pydicom
 from omegaconf import DictConfig
 
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.subject_traces import read_any_table, read_subject_list, rows_naming, subject_in_name
 
@@ -214,6 +215,7 @@ def run_audit(cfg: DictConfig) -> list[Finding]:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="audit", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     findings = run_audit(cfg)
     if not findings:

@@ -1,14 +1,10 @@
-"""The bootstrap round's decisions that need no training: schedule, batch size, ranking, the lock."""
+"""The bootstrap round's decisions that need no training: schedule, batch size, ranking."""
 
 from __future__ import annotations
-
-import multiprocessing as mp
-import time
 
 import pandas as pd
 import pytest
 
-from annotation_loop.lock import RoundLocked, exclusive
 from annotation_loop.round import RoundError, batch_size, next_scheduled
 from annotation_loop.worklist import rank
 from totalseg_train.config import compose_config
@@ -38,26 +34,3 @@ def test_worklist_puts_most_expected_work_first():
     only_entropy = rank(table, flag_weight=0.0, entropy_weight=1.0)
     assert list(only_entropy.subject_id) == ["c", "d", "a", "b"]  # ties keep subject order
 
-
-def _hold(path, started, release):
-    with exclusive(path, "a bootstrap round"):
-        started.set()
-        release.wait(10)
-
-
-def test_two_rounds_cannot_run_at_once(tmp_path):
-    lock = tmp_path / "round.lock"
-    ctx = mp.get_context("spawn")
-    started, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold, args=(lock, started, release))
-    holder.start()
-    try:
-        assert started.wait(30)
-        with pytest.raises(RoundLocked, match=r"already running \(pid \d+ since"):
-            with exclusive(lock, "a bootstrap round"):
-                pass
-    finally:
-        release.set()
-        holder.join(10)
-    with exclusive(lock, "a bootstrap round"):  # free again once the holder is gone
-        time.sleep(0)

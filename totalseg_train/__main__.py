@@ -13,10 +13,12 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH, experiments
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg.model, "name"):
         sys.exit("No experiment named: add +experiment=NAME, one of " + ", ".join(experiments())

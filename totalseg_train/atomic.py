@@ -1,11 +1,14 @@
 """Write files so that an interrupted run never leaves a half-written one behind.
 
 Everything is written under a temporary name in the target folder and renamed into place
-when complete; a rename within one file system is atomic.
+when complete; a rename within one file system is atomic. A write that fails for lack of space
+(a full disk, a quota) leaves the previous version in place and raises WriteError naming the file:
+it stops the stage, since every later write would fail too.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -15,6 +18,20 @@ from pathlib import Path
 import pandas as pd
 
 TMP_MARK = ".tmp-"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class WriteError(Exception):
+    """A file could not be written completely (a full disk, a quota); the message names the file.
+
+    Not an OSError, so that no per-subject handler takes it for one subject's bad input and goes on.
+    """
+
+
+def no_space(path: str | Path, reason: str) -> WriteError:
+    free = shutil.disk_usage(Path(path).parent).free
+    return WriteError(f"{path}: not written: {reason} ({free / 1e6:.1f} MB free on its disk); "
+                      "the previous version, if any, is kept")
 
 
 def _temp_sibling(path: Path) -> Path:
@@ -29,7 +46,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(path)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:
+            if err.errno in _NO_SPACE:
+                raise no_space(path, os.strerror(err.errno)) from None
+            raise
         if tmp.is_dir() and path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -57,13 +79,30 @@ def write_table(df: pd.DataFrame, path: str | Path) -> None:
             raise ValueError(f"{path}: unsupported table format {path.suffix!r} (use .csv or .parquet)")
 
 
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process that names a temporary (``.tmp-<pid>-...``) still runs: it may be writing it."""
+    pid = tmp.name[len(TMP_MARK):].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete temporaries left by a killed run; returns how many were removed."""
+    """Delete temporaries left by a killed run (not those of a process still running: another stage may be
+    writing into a shared folder such as reports/); returns how many were removed."""
     folder = Path(folder)
     if not folder.exists():
         return 0
     removed = 0
     for tmp in folder.rglob(f"{TMP_MARK}*"):
+        if _writer_alive(tmp):
+            continue
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from totalseg_train.atomic import atomic_path
+from totalseg_train.atomic import atomic_path, no_space
 
 NIFTI_SUFFIX = ".nii.gz"  # every subject's image and label file; also nnU-Net's file_ending
 NIFTI_SUFFIXES = (NIFTI_SUFFIX, ".nii")  # files whose completeness is checked on every read
@@ -164,8 +164,14 @@ def voxel_view(image: sitk.Image) -> np.ndarray:
 
 
 def write_image(image: sitk.Image, path: str | Path) -> None:
+    """Write atomically; WriteError naming the file when it could not be written whole (SimpleITK does not
+    report a full disk: it leaves a cut-off file, found here by its missing gzip trailer)."""
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
+        try:
+            check_nifti_complete(tmp)
+        except ImageFileError as err:
+            raise no_space(path, f"written incompletely, {str(err).removeprefix(f'{tmp}: ')}") from None
 
 
 def image_from_array(

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from totalseg_train import classes
 from totalseg_train.atomic import write_table, write_text
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.engine.split import read_split
 from totalseg_train.evaluate import evaluate_folders
@@ -169,6 +170,7 @@ def score_outside_model(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="outside_model", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     try:
         record = score_outside_model(cfg)

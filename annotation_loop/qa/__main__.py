@@ -6,10 +6,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from annotation_loop.qa.render_cohort import render_subjects
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="qa", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "labels_dir"):
         raise SystemExit("labels_dir is required: python -m annotation_loop.qa labels_dir=DIR "

@@ -30,6 +30,7 @@ from totalseg_train.atomic import atomic_path, remove_stale_temporaries, write_t
 from totalseg_train.checksums import file_sha256
 from totalseg_train.images import ImageFileError, nifti_path, subject_id_of
 from totalseg_train.label_maps import read_label_map
+from totalseg_train.stage_lock import stage_lock
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,20 @@ def render_subjects(
 ) -> RenderSummary:
     """QA sheets ``<out>/subjects/<id>.png`` (+ thumbnails), grids ``<out>/grids/grid_XXX.png``, ``flags.csv``.
 
-    Subjects whose sheet is up to date (same label file, flags and render settings) are skipped.
+    Subjects whose sheet is up to date (same label file, flags and render settings) are skipped. One run at
+    a time per QA folder.
     """
+    with stage_lock(out_dir, "qa"):
+        return _render_subjects(labels_dir, out_dir, cfg, subject_ids, progress)
+
+
+def _render_subjects(
+    labels_dir: str | Path,
+    out_dir: str | Path,
+    cfg: DictConfig | None = None,
+    subject_ids: list[str] | None = None,
+    progress: bool = True,
+) -> RenderSummary:
     cfg = qa_config(cfg)
     labels_dir, out = Path(labels_dir), Path(out_dir)
     remove_stale_temporaries(out)  # half-written sheets of a killed run

@@ -6,10 +6,12 @@ import hydra
 from omegaconf import DictConfig
 
 from annotation_loop.review.server import make_server
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="review", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     try:
         server = make_server(cfg.qa_dir, cfg.decisions_csv, cfg.host, int(cfg.port), str(cfg.reviewer))

@@ -6,10 +6,12 @@ import hydra
 from omegaconf import DictConfig
 
 from data_prep.curate.pipeline import CHARACTERISTICS, curate
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="curate", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     s = curate(cfg)
     print(f"curated cohort in {s.curated}")

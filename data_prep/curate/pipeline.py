@@ -24,6 +24,7 @@ from data_prep.curate.series import group_series
 from data_prep.curate.vocabulary import Vocabulary
 from totalseg_train.atomic import remove_stale_temporaries, write_table, write_text
 from totalseg_train.images import NIFTI_SUFFIX, nifti_path
+from totalseg_train.stage_lock import stage_lock
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,13 @@ def series_table(series: pd.DataFrame, subject_ids: dict[str, str]) -> pd.DataFr
 
 
 def curate(cfg: DictConfig) -> CurationSummary:
-    """Run curation as configured; safe to re-run (finished conversions are kept)."""
+    """Run curation as configured; safe to re-run (finished conversions are kept). One run at a time per
+    curated folder (StageRunning otherwise)."""
+    with stage_lock(cfg.paths.curated, "curate"):
+        return _curate(cfg)
+
+
+def _curate(cfg: DictConfig) -> CurationSummary:
     curated, private, reports = Path(cfg.paths.curated), Path(cfg.paths.private), Path(cfg.paths.reports)
     images, provenance = curated / "images", curated / "provenance"
     for folder in (curated, private, reports):

@@ -13,12 +13,14 @@ import hydra
 from omegaconf import DictConfig
 
 from data_prep.heart_transfer.stage import ERROR, FLAGGED, NO_LABELS, TRANSFERRED, run
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 
 log = logging.getLogger("heart_transfer")
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="heart_transfer", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     try:
         report = run(cfg)

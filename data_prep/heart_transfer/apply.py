@@ -25,12 +25,14 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from totalseg_train import classes
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.engine.labelled_subjects import read_subjects
 from totalseg_train.engine.inference import predict
 from totalseg_train.engine.manifest import TrainedModel, read_model_manifest
 from totalseg_train.heart_predictions import INDEX_FILE, heart_class_ids, read_index, write_index
 from totalseg_train.images import nifti_path
+from totalseg_train.stage_lock import stage_lock
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,11 @@ def trained_stamp(model: TrainedModel) -> str:
 
 def apply_heart_model(cfg: DictConfig) -> ApplyResult:
     """Predict every curated subject not yet predicted by this model; returns what was done."""
+    with stage_lock(cfg.out, "heart-apply"):
+        return _apply_heart_model(cfg)
+
+
+def _apply_heart_model(cfg: DictConfig) -> ApplyResult:
     model = load_heart_model(cfg.model)
     model_name, stamp = str(model.directory.resolve()), trained_stamp(model)
     out = Path(cfg.out)
@@ -122,6 +129,7 @@ def apply_heart_model(cfg: DictConfig) -> ApplyResult:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="heart_apply", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     try:
         result = apply_heart_model(cfg)

@@ -31,6 +31,7 @@ from data_prep.heart_transfer.transfer import TransferError, heart_ids, transfer
 from totalseg_train.atomic import remove_stale_temporaries, write_table, write_text
 from totalseg_train.images import ImageFileError, NIFTI_SUFFIX, nifti_path, read_image, subject_id_of, write_image
 from totalseg_train.label_maps import read_label_map
+from totalseg_train.stage_lock import stage_lock
 
 log = logging.getLogger(__name__)
 TRANSFERRED, FLAGGED, NO_LABELS, ERROR = "transferred", "flagged", "no_labels", "error"
@@ -178,7 +179,12 @@ def review_flags(report: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
-    """Transfer every pair; returns the report table (one row per pair)."""
+    """Transfer every pair; returns the report table (one row per pair). One run at a time per folder."""
+    with stage_lock(cfg.out, "heart-transfer"):
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> pd.DataFrame:
     out, qa = Path(cfg.out), Path(cfg.qa_dir)
     for folder in (out, qa):
         remove_stale_temporaries(folder)

@@ -6,10 +6,12 @@ import hydra
 from omegaconf import DictConfig
 
 from data_prep.phantom.cohort import generate_cohort
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="phantom", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     summary = generate_cohort(cfg)
     index = summary.index

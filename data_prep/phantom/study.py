@@ -20,6 +20,7 @@ from tqdm import tqdm
 from data_prep.phantom.plan import SCANNERS, ExamPlan, draw_cohort
 from data_prep.phantom.dicom_exams import ct_volume, exam_grid
 from totalseg_train.atomic import remove_stale_temporaries, write_table
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.images import image_from_array, nifti_path, write_image
 
@@ -77,6 +78,7 @@ def generate_study(cfg: DictConfig, progress: bool = True) -> pd.DataFrame:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="phantom_study", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     table = generate_study(cfg, progress=bool(cfg.progress))
     print(f"phantom study cohort of {len(table)} subjects in {cfg.out}: images/, labels/, {SUBJECTS}")

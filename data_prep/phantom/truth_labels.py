@@ -15,9 +15,11 @@ import pandas as pd
 import SimpleITK as sitk
 from omegaconf import DictConfig
 
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.images import Geometry, nifti_path, read_image, write_image
 from totalseg_train.label_maps import read_label_map
+from totalseg_train.stage_lock import stage_lock
 
 
 def label_on_grid(label: sitk.Image, reference: sitk.Image) -> sitk.Image:
@@ -36,7 +38,13 @@ def export_truth_labels(key_csv: str | Path, truth_root: str | Path, curated_ima
                         out_dir: str | Path) -> pd.DataFrame:
     """Write the truth label map of every curated subject that has one, and remove those of subjects no
     longer curated (consent withdrawn, excluded); returns one row per subject: subject_id, truth_file,
-    written (True when written now, False when already there), removed."""
+    written (True when written now, False when already there), removed. One run at a time per folder."""
+    with stage_lock(out_dir, "truth-labels"):
+        return _export_truth_labels(key_csv, truth_root, curated_images_dir, out_dir)
+
+
+def _export_truth_labels(key_csv: str | Path, truth_root: str | Path, curated_images_dir: str | Path,
+                        out_dir: str | Path) -> pd.DataFrame:
     key = pd.read_csv(key_csv, dtype=str, keep_default_na=False)
     truth_root, images, out_dir = Path(truth_root), Path(curated_images_dir), Path(out_dir)
     index = pd.read_csv(truth_root / "index.csv", dtype=str, keep_default_na=False)
@@ -62,6 +70,7 @@ def export_truth_labels(key_csv: str | Path, truth_root: str | Path, curated_ima
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="truth_labels", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     table = export_truth_labels(cfg.key_csv, cfg.truth_root, cfg.images_dir, cfg.out)
     kept = table[~table["removed"]]

@@ -6,10 +6,12 @@ import hydra
 from omegaconf import DictConfig
 
 from totalseg_train.aging.study import run
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="aging", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     result = run(cfg)
     print(f"aging study: {result['subjects_analysed']} subjects ({result['subjects_without_age']} without age left "

@@ -18,6 +18,7 @@ from totalseg_train.aging.correlations import AgingSettings, correlate, correlat
 from totalseg_train.aging.figures import heatmap_figure, scatter_figure, strongest
 from totalseg_train.aging.paper import beside_paper
 from totalseg_train.atomic import write_table, write_text
+from totalseg_train.stage_lock import stage_lock
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,12 @@ def settings_of(cfg: DictConfig) -> AgingSettings:
 
 
 def run(cfg: DictConfig) -> dict:
-    """The study on ``cfg.statistics``; returns the summary."""
+    """The study on ``cfg.statistics``; returns the summary. One run at a time per output folder."""
+    with stage_lock(cfg.out, "aging"):
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> dict:
     path = Path(cfg.statistics)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no statistics table; run python -m totalseg_train.statistics first")

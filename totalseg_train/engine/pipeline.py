@@ -30,6 +30,7 @@ from totalseg_train.engine.split import Split, SplitSettings, load_or_create_spl
 from totalseg_train.engine.training import FINAL_CHECKPOINT, fold_folder, is_trained, model_folder, train_part
 from totalseg_train.engine.wandb_log import add_to_nnunet_run
 from totalseg_train.images import NIFTI_SUFFIX, nifti_path
+from totalseg_train.stage_lock import stage_lock
 
 log = logging.getLogger(__name__)
 SUMMARY = "run_summary.json"
@@ -78,9 +79,11 @@ def _train(cfg: DictConfig, subject_ids: list[str] | None) -> Split:
     configure_nnunet(cfg)
     split = make_split(cfg, subject_ids)
     for dataset in selected_datasets(cfg):
-        plan = prepare_part(dataset, split, cfg)
-        newly = not is_trained(model_folder(dataset, cfg))
-        folder = train_part(plan, cfg)
+        # One job per part: a second copy of the same part stops; the parts of a sweep run side by side.
+        with stage_lock(model_dir(cfg), f"train-{dataset.part}"):
+            plan = prepare_part(dataset, split, cfg)
+            newly = not is_trained(model_folder(dataset, cfg))
+            folder = train_part(plan, cfg)
         if newly and cfg.logger.name == "wandb":
             add_to_nnunet_run(fold_folder(folder), cfg, config={"totalseg": OmegaConf.to_container(cfg, resolve=True)})
     write_model_manifest(cfg)
@@ -172,6 +175,12 @@ def run(cfg: DictConfig) -> dict:
     """The full command: train, predict the test split, merge, summarise, evaluate. Returns the summary."""
     split = _train(cfg, None)
     results = model_dir(cfg)
+    # The last part jobs of a sweep may finish together: the later one waits, then finds the work done.
+    with stage_lock(results, "summary", wait=True):
+        return _predict_and_summarise(cfg, split, results)
+
+
+def _predict_and_summarise(cfg: DictConfig, split: Split, results: Path) -> dict:
     trained = read_model_manifest(results)
     summary = {
         "experiment": str(cfg.model.name),

@@ -7,6 +7,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.evaluate.aggregate import BootstrapSettings
 from totalseg_train.evaluate.folders import SCORES_FILE, SUMMARY_FILE, evaluate_folders
@@ -26,6 +27,7 @@ def _format(entry: dict) -> str:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="evaluate", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     summary = evaluate_folders(
         cfg.gt_dir,

@@ -27,6 +27,7 @@ from totalseg_train.evaluate.scores import score_pair
 from totalseg_train.evaluate.settings import evaluation_defaults
 from totalseg_train.images import NIFTI_SUFFIX, nifti_path, subject_id_of
 from totalseg_train.label_maps import LabelFileError
+from totalseg_train.stage_lock import stage_lock
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,25 @@ def evaluate_folders(
     Settings left as None come from configs/evaluate.yaml. A subject without a prediction file is
     reported as missing and scored 0 for its classes; a subject whose files cannot be compared
     (unreadable, other grid, ids outside the class table) is reported with the error and left out,
-    and the others go on. Returns the summary.
+    and the others go on. One run at a time per output folder. Returns the summary.
     """
+    with stage_lock(out_dir, "evaluate"):
+        return _evaluate_folders(gt_dir, pred_dir, out_dir, tolerance_mm, workers, subjects, resample, bootstrap,
+                                 progress, class_ids)
+
+
+def _evaluate_folders(
+    gt_dir: str | Path,
+    pred_dir: str | Path,
+    out_dir: str | Path,
+    tolerance_mm: float | None = None,
+    workers: int | None = None,
+    subjects: Sequence[str] | None = None,
+    resample: bool | None = None,
+    bootstrap: BootstrapSettings | None = None,
+    progress: bool = True,
+    class_ids: Sequence[int] | None = None,
+) -> dict[str, Any]:
     defaults = evaluation_defaults()
     tolerance_mm = float(defaults.tolerance_mm if tolerance_mm is None else tolerance_mm)
     workers = int(defaults.workers if workers is None else workers)

@@ -17,6 +17,7 @@ from totalseg_train.report.experiments import find_experiments
 from totalseg_train.report.failures import failure_section
 from totalseg_train.report.overall import overall_section, per_class_section
 from totalseg_train.report.runtime import runtime_section
+from totalseg_train.stage_lock import stage_lock
 
 TITLE = "TotalSegmentator reproduced: the paper's tables from this workspace"
 
@@ -48,7 +49,12 @@ def build_sections(cfg: DictConfig) -> list[Section]:
 
 
 def build_report(cfg: DictConfig) -> Path:
-    """Write the report under ``cfg.out``; returns the path of its index.html."""
+    """Write the report under ``cfg.out``; returns the path of its index.html. One run at a time per folder."""
+    with stage_lock(cfg.out, "report"):
+        return _build_report(cfg)
+
+
+def _build_report(cfg: DictConfig) -> Path:
     intro = [f"Workspace: {cfg.paths.workspace}. Every table puts the paper's published value beside ours where "
              f"the paper has one (paper: {published.CITATION}; values and their sources in "
              "totalseg_train/data/paper_headline_v1.csv and paper_results_v1.csv). Each table is also a CSV "

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.statistics.stage import ERROR, STATISTICS_FILE, run
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="statistics", version_base="1.3")
+@exits_cleanly
 def main(cfg: DictConfig) -> None:
     report = run(cfg)
     counts = report.status.value_counts()

@@ -28,6 +28,7 @@ from totalseg_train.images import nifti_path
 from totalseg_train.shards import parse_shard, select_shard
 from totalseg_train.statistics.inputs import HuCheck, StatisticsInputError, read_subject
 from totalseg_train.statistics.measures import structure_statistics
+from totalseg_train.stage_lock import stage_lock
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,14 @@ def _predicted_labels(cfg: DictConfig, subject_ids: list[str]) -> Path:
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
-    """Measure the subjects of the shard (all without one); returns the run table (one row per subject)."""
+    """Measure the subjects of the shard (all without one); returns the run table (one row per subject). One
+    run at a time per shard: the shards of a sweep run side by side."""
+    shard = parse_shard(cfg.shard)
+    with stage_lock(cfg.out, "statistics" if shard is None else f"statistics-shard-{shard[0]}-of-{shard[1]}"):
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> pd.DataFrame:
     out = Path(cfg.out)
     remove_stale_temporaries(out)
     shard = parse_shard(cfg.shard)
