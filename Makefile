@@ -91,9 +91,10 @@ heart: setup ## Heart sub-parts on a demo workspace (after make demo): label tra
 audit: setup ## Search every file of $(WORKSPACE) for identifying values of its DICOM input and for withdrawn subjects (exit 1 on a finding)
 	$(PY) -m data_prep.audit paths.workspace=$(WORKSPACE)
 
-robustness: setup ## Seeded fuzzing: 420 broken NIfTI inputs through the readers, 120 broken DICOM series through curation (~2 min)
+robustness: setup ## Seeded faults: 420 broken NIfTI inputs, 120 broken DICOM series, then 20 kill -9 per stage, each rerun and compared with an uninterrupted run (~1 h)
 	$(PY) -m totalseg_train.robustness --per-kind 20
 	$(PY) -m data_prep.curate.robustness --per-kind 20
+	$(PY) -m annotation_loop.fault_kills --kills 20
 
 tables: setup ## The paper's tables and figures from the runs in $(WORKSPACE), beside the published values: reports/paper/index.html (reads only)
 	$(PY) -m totalseg_train.report paths.workspace=$(WORKSPACE)

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 
 from annotation_loop.effort import TOTAL  # noqa: E402
 from annotation_loop.ledger import Ledger  # noqa: E402
-from totalseg_train.atomic import atomic_path, write_table, write_text  # noqa: E402
+from totalseg_train.atomic import atomic_path, remove_stale_temporaries, write_table, write_text  # noqa: E402
 from totalseg_train.heart_predictions import heart_class_ids  # noqa: E402
 
 
@@ -141,6 +141,7 @@ def write_round_report(ledger: Ledger, reports_dir: Path, seconds_per_slice: flo
     table = effort_by_round(efforts, seconds_per_slice)
     table = table.merge(heart_effort_by_round(efforts, priors), on="round", how="left")
     reports_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(reports_dir)  # what a killed ingest or round was writing
     write_table(table, reports_dir / "bootstrap_rounds.csv")
     write_text(reports_dir / "bootstrap_rounds.md", _markdown(table, ledger.rounds(), not priors.empty))
     if not table.empty:

@@ -24,6 +24,7 @@ from data_prep.heart_transfer.apply import apply_heart_model
 from data_prep.heart_transfer.stage import run as transfer_hearts
 from data_prep.phantom.truth_labels import export_truth_labels
 from totalseg_train.aging.study import run as aging_study
+from totalseg_train.atomic import TMP_MARK
 from totalseg_train.config import compose_config
 from totalseg_train.evaluate import evaluate_folders
 from totalseg_train.report.build import build_report
@@ -128,3 +129,25 @@ def test_a_second_training_of_the_same_part_stops_with_one_line(tiny_run):
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-3000:]
     assert f"error: train-all on {ws / 'results' / 'tiny'} is already running (pid" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_the_lock_holder_removes_only_what_dead_processes_left(tmp_path):
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.2)
+        running = folder / f"{TMP_MARK}{writer.pid}-s0001.nii.gz"  # being written by a process still running
+        running.write_bytes(b"half")
+        reused = folder / f"{TMP_MARK}{writer.pid}-s0002.nii.gz"  # left before that pid was given to the process
+        reused.write_bytes(b"half")
+        os.utime(reused, (time.time() - 600, time.time() - 600))
+        dead = folder / f"{TMP_MARK}999999999-s0003.nii.gz"
+        dead.write_bytes(b"half")
+        with stage_lock(folder, "qa"):
+            assert sorted(p.name for p in folder.iterdir()) == [running.name]
+    finally:
+        writer.kill()
+        writer.wait()
+    with stage_lock(folder, "qa"):
+        assert list(folder.iterdir()) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,17 +81,34 @@ def write_table(df: pd.DataFrame, path: str | Path) -> None:
 
 
 def _writer_alive(tmp: Path) -> bool:
-    """Whether the process that names a temporary (``.tmp-<pid>-...``) still runs: it may be writing it."""
+    """Whether the process that names a temporary (``.tmp-<pid>-...``) still runs: it may be writing it.
+
+    A pid is reused once the kernel's counter wraps (each thread takes a number too): a process counts as the
+    writer only if it started before the temporary was last written.
+    """
     pid = tmp.name[len(TMP_MARK):].split("-", 1)[0]
     if not pid.isdigit() or int(pid) == os.getpid():
         return False
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        started = _process_start(int(pid))
+    except (FileNotFoundError, ProcessLookupError):
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    return started is None or started <= tmp.lstat().st_mtime + 0.05
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds, to 10 ms) from /proc; None where there is no /proc (it
+    exists: os.kill found it). FileNotFoundError or ProcessLookupError when there is no such process."""
+    proc = Path("/proc")
+    if not (proc / "uptime").is_file():
+        os.kill(pid, 0)
+        return None
+    stat = (proc / str(pid) / "stat").read_text()
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks after boot
+    uptime = float((proc / "uptime").read_text().split()[0])
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:

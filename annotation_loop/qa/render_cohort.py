@@ -136,39 +136,29 @@ def render_subjects(
     a time per QA folder.
     """
     with stage_lock(out_dir, "qa"):
-        return _render_subjects(labels_dir, out_dir, cfg, subject_ids, progress)
-
-
-def _render_subjects(
-    labels_dir: str | Path,
-    out_dir: str | Path,
-    cfg: DictConfig | None = None,
-    subject_ids: list[str] | None = None,
-    progress: bool = True,
-) -> RenderSummary:
-    cfg = qa_config(cfg)
-    labels_dir, out = Path(labels_dir), Path(out_dir)
-    remove_stale_temporaries(out)  # half-written sheets of a killed run
-    flags = compute_flags(labels_dir, out, cfg, subject_ids, progress=progress)
-    flag_text = dict(zip(flags["subject_id"], flags["flags"]))
-    groups = groups_from_config(cfg.render.groups)
-    settings = _settings_key(cfg)
-    renders_csv = out / RENDERS_CSV
-    previous = (pd.read_csv(renders_csv, keep_default_na=False, dtype={"subject_id": str, "labels_sha256": str})
-                .set_index("subject_id")
-                if renders_csv.exists() else pd.DataFrame(columns=RENDER_COLUMNS).set_index("subject_id"))
-    todo = [s for s in flags.subject_id
-            if cfg.overwrite or not _up_to_date(previous, s, nifti_path(labels_dir, s), flag_text[s], settings, out)]
-    records = {s: previous.loc[s].to_dict() for s in flags.subject_id if s in previous.index and s not in todo}
-    errors: list[str] = []
-    if todo:
-        _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, records, errors, progress)
-    renders = pd.DataFrame([{"subject_id": s, **records[s]} for s in flags.subject_id if s in records],
-                           columns=RENDER_COLUMNS)
-    write_table(renders, renders_csv)
-    layout = GridLayout(**OmegaConf.to_container(cfg.grid, resolve=True))
-    grids = write_grids(out / "subjects", flags[flags.subject_id.isin(records)], out / "grids", layout)
-    return RenderSummary(renders, flags, grids, [s for s in todo if s in records], errors)
+        cfg = qa_config(cfg)
+        labels_dir, out = Path(labels_dir), Path(out_dir)
+        remove_stale_temporaries(out)  # half-written sheets of a killed run
+        flags = compute_flags(labels_dir, out, cfg, subject_ids, progress=progress)
+        flag_text = dict(zip(flags["subject_id"], flags["flags"]))
+        groups = groups_from_config(cfg.render.groups)
+        settings = _settings_key(cfg)
+        renders_csv = out / RENDERS_CSV
+        previous = (pd.read_csv(renders_csv, keep_default_na=False, dtype={"subject_id": str, "labels_sha256": str})
+                    .set_index("subject_id")
+                    if renders_csv.exists() else pd.DataFrame(columns=RENDER_COLUMNS).set_index("subject_id"))
+        todo = [s for s in flags.subject_id
+                if cfg.overwrite or not _up_to_date(previous, s, nifti_path(labels_dir, s), flag_text[s], settings, out)]
+        records = {s: previous.loc[s].to_dict() for s in flags.subject_id if s in previous.index and s not in todo}
+        errors: list[str] = []
+        if todo:
+            _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, records, errors, progress)
+        renders = pd.DataFrame([{"subject_id": s, **records[s]} for s in flags.subject_id if s in records],
+                               columns=RENDER_COLUMNS)
+        write_table(renders, renders_csv)
+        layout = GridLayout(**OmegaConf.to_container(cfg.grid, resolve=True))
+        grids = write_grids(out / "subjects", flags[flags.subject_id.isin(records)], out / "grids", layout)
+        return RenderSummary(renders, flags, grids, [s for s in todo if s in records], errors)
 
 
 def _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, records, errors, progress) -> None:

@@ -19,6 +19,7 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from totalseg_train.atomic import atomic_path
 from totalseg_train.console import terminal
 from totalseg_train.engine.planning import TRAINING_KEY
 
@@ -58,6 +59,16 @@ class nnUNetTrainerTotalSeg(nnUNetTrainer):
     def on_train_end(self):
         self.progress.close()
         super().on_train_end()
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, written under a temporary name and renamed into place: a training killed while
+        saving keeps its previous checkpoint, not a cut-off file that no resume can load (and that, as
+        checkpoint_final.pth, would pass for a trained model)."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            super().save_checkpoint(filename)
+            return
+        with atomic_path(filename) as tmp:
+            super().save_checkpoint(str(tmp))
 
     def configure_optimizers(self):
         if self.optimizer_name == "sgd":

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from totalseg_train.atomic import write_text
+from totalseg_train.atomic import remove_stale_temporaries, write_text
 from totalseg_train.console import captured, stage_log
 from totalseg_train.engine.datasets import PartDataset
 from totalseg_train.engine.environment import nnunet_folders, scoped_environment, torch_device
@@ -119,6 +119,7 @@ def train_part(plan: Plan, cfg: DictConfig) -> Path:
     from nnunetv2.run.run_training import run_training
 
     folder = model_folder(plan.dataset, cfg)
+    remove_stale_temporaries(folder)  # a checkpoint a killed training was saving
     check_trained_with(folder, trained_with(plan, cfg))
     if is_trained(folder):
         log.info("%s is trained already (%s); delete it to train again", plan.dataset.name, folder)

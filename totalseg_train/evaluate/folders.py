@@ -110,61 +110,45 @@ def evaluate_folders(
     and the others go on. One run at a time per output folder. Returns the summary.
     """
     with stage_lock(out_dir, "evaluate"):
-        return _evaluate_folders(gt_dir, pred_dir, out_dir, tolerance_mm, workers, subjects, resample, bootstrap,
-                                 progress, class_ids)
+        defaults = evaluation_defaults()
+        tolerance_mm = float(defaults.tolerance_mm if tolerance_mm is None else tolerance_mm)
+        workers = int(defaults.workers if workers is None else workers)
+        resample = bool(defaults.resample if resample is None else resample)
+        bootstrap = bootstrap or BootstrapSettings.from_config(defaults.bootstrap)
+        gt_dir, pred_dir, out_dir = Path(gt_dir), Path(pred_dir), Path(out_dir)
+        for name, folder in (("ground-truth", gt_dir), ("prediction", pred_dir)):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{name} folder {folder} does not exist")
+        subject_ids = sorted(subjects) if subjects is not None else list_subjects(gt_dir)
+        if len(set(subject_ids)) != len(subject_ids):
+            raise ValueError("subject ids are not unique")
 
+        results = _score_all(subject_ids, gt_dir, pred_dir, tolerance_mm, resample, workers, progress)
+        scored = [r.scores for r in results if r.scores is not None]
+        scores = pd.concat(scored, ignore_index=True) if scored else _empty_scores()
+        if class_ids is not None:
+            scores = scores[scores["class_id"].isin([int(c) for c in class_ids])].reset_index(drop=True)
+        failed = {r.subject_id: r.error for r in results if r.error is not None}
+        missing = sorted(scores.loc[scores["prediction_missing"], "subject_id"].unique())
+        for subject_id, error in failed.items():
+            log.error("subject %s not evaluated: %s", subject_id, error)
+        if missing:
+            log.warning("%d subject(s) without a prediction, scored 0 for their classes: %s", len(missing), ", ".join(missing))
 
-def _evaluate_folders(
-    gt_dir: str | Path,
-    pred_dir: str | Path,
-    out_dir: str | Path,
-    tolerance_mm: float | None = None,
-    workers: int | None = None,
-    subjects: Sequence[str] | None = None,
-    resample: bool | None = None,
-    bootstrap: BootstrapSettings | None = None,
-    progress: bool = True,
-    class_ids: Sequence[int] | None = None,
-) -> dict[str, Any]:
-    defaults = evaluation_defaults()
-    tolerance_mm = float(defaults.tolerance_mm if tolerance_mm is None else tolerance_mm)
-    workers = int(defaults.workers if workers is None else workers)
-    resample = bool(defaults.resample if resample is None else resample)
-    bootstrap = bootstrap or BootstrapSettings.from_config(defaults.bootstrap)
-    gt_dir, pred_dir, out_dir = Path(gt_dir), Path(pred_dir), Path(out_dir)
-    for name, folder in (("ground-truth", gt_dir), ("prediction", pred_dir)):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{name} folder {folder} does not exist")
-    subject_ids = sorted(subjects) if subjects is not None else list_subjects(gt_dir)
-    if len(set(subject_ids)) != len(subject_ids):
-        raise ValueError("subject ids are not unique")
-
-    results = _score_all(subject_ids, gt_dir, pred_dir, tolerance_mm, resample, workers, progress)
-    scored = [r.scores for r in results if r.scores is not None]
-    scores = pd.concat(scored, ignore_index=True) if scored else _empty_scores()
-    if class_ids is not None:
-        scores = scores[scores["class_id"].isin([int(c) for c in class_ids])].reset_index(drop=True)
-    failed = {r.subject_id: r.error for r in results if r.error is not None}
-    missing = sorted(scores.loc[scores["prediction_missing"], "subject_id"].unique())
-    for subject_id, error in failed.items():
-        log.error("subject %s not evaluated: %s", subject_id, error)
-    if missing:
-        log.warning("%d subject(s) without a prediction, scored 0 for their classes: %s", len(missing), ", ".join(missing))
-
-    summary = {
-        "gt_dir": str(gt_dir),
-        "pred_dir": str(pred_dir),
-        "tolerance_mm": tolerance_mm,
-        "resample": resample,
-        "subjects": {
-            "requested": len(subject_ids),
-            "scored": len(scored),
-            "missing_prediction": missing,
-            "failed": failed,
-            "predictions_without_ground_truth": sorted(set(list_subjects(pred_dir)) - set(list_subjects(gt_dir))),
-        },
-        **summarise(scores, bootstrap),
-    }
-    write_table(scores, out_dir / SCORES_FILE)
-    write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-    return summary
+        summary = {
+            "gt_dir": str(gt_dir),
+            "pred_dir": str(pred_dir),
+            "tolerance_mm": tolerance_mm,
+            "resample": resample,
+            "subjects": {
+                "requested": len(subject_ids),
+                "scored": len(scored),
+                "missing_prediction": missing,
+                "failed": failed,
+                "predictions_without_ground_truth": sorted(set(list_subjects(pred_dir)) - set(list_subjects(gt_dir))),
+            },
+            **summarise(scores, bootstrap),
+        }
+        write_table(scores, out_dir / SCORES_FILE)
+        write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        return summary

@@ -1,0 +1,58 @@
+"""make robustness's kill runs, small: curation and truth export killed with SIGKILL at seeded random moments,
+rerun, and compared with uninterrupted runs; and the checks that find a half-written file of each format."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import torch
+
+from annotation_loop import fault_kills
+
+
+def test_killed_curation_and_truth_export_end_as_if_never_killed(tmp_path, coarse_cohort):
+    made = coarse_cohort(tmp_path / "made", 8)
+    raw_only = tmp_path / "phantom"
+    shutil.copytree(made / "raw", raw_only / "raw")  # the phantom's DICOM and consent, nothing curated
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rng = np.random.default_rng(0)
+    state = raw_only
+    for stage in fault_kills.STAGES[:2]:
+        result, state = fault_kills.kill_stage(stage, state, tmp_path / "ws", 3, rng, logs)
+        assert result.ok, fault_kills.describe(result)
+        assert result.kills >= 3 and result.attempts > result.kills and result.chains >= 1
+        assert result.compared > 100  # the DICOM input and every curated image, table and label map
+    assert len(list((state / "truth_labels").glob("*.nii.gz"))) == len(list((state / "curated" / "images").iterdir()))
+
+
+def test_a_half_written_file_of_each_format_is_found(tmp_path):
+    image = sitk.GetImageFromArray(np.arange(4000, dtype=np.int16).reshape(10, 20, 20))
+    files = {"label.nii.gz": lambda p: sitk.WriteImage(image, str(p), useCompression=True),
+             "table.parquet": lambda p: pd.DataFrame({"x": range(1000)}).to_parquet(p),
+             "index.json": lambda p: p.write_text('{"subjects": ["s0001", "s0002"]}'),
+             "checkpoint_latest.pth": lambda p: torch.save({"weights": torch.arange(5000.0)}, p)}
+    for name, write in files.items():
+        path = tmp_path / name
+        write(path)
+        assert fault_kills.whole(path) is None, name
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])  # what a kill during a plain write leaves
+        assert fault_kills.whole(path) is not None, name
+    written, broken = fault_kills.written_since(tmp_path, since=0.0)
+    assert written == 4 and sorted(broken) == sorted(files)
+
+
+def test_a_difference_from_the_uninterrupted_run_is_reported():
+    stage = fault_kills.STAGES[4]  # the bootstrap round: predictions come from the weights
+    reference = {"curated/subjects.csv": "a", "curation.json": "t1", "annotation/predicted/round_01/s1.nii.gz": "p"}
+    second = {"curated/subjects.csv": "a", "curation.json": "t2", "annotation/predicted/round_01/s1.nii.gz": "p"}
+    faulted = {"curated/subjects.csv": "b", "curation.json": "t3", "annotation/predicted/round_01/s1.nii.gz": "q",
+               "stray.csv": "x"}
+    result = fault_kills.StageResult(stage.name, 1.0)
+    fault_kills.compare(result, stage, reference, second, faulted)
+    assert result.differing == ["curated/subjects.csv"] and result.extra == ["stray.csv"] and result.missing == []
+    assert (result.compared, result.times_only, result.from_weights) == (1, 1, 1) and not result.ok
