@@ -26,7 +26,7 @@ from annotation_loop.qa.meshing import ClassMesh, VoxelGrid, mesh_classes
 from annotation_loop.qa.renderer import RenderStyle, SheetRenderer, View
 from annotation_loop.qa.subjects import read_ct_image
 from totalseg_train import classes
-from totalseg_train.atomic import atomic_path, remove_stale_temporaries, write_table
+from totalseg_train.atomic import atomic_path, write_table
 from totalseg_train.checksums import file_sha256
 from totalseg_train.images import ImageFileError, nifti_path, subject_id_of
 from totalseg_train.label_maps import read_label_map
@@ -138,7 +138,6 @@ def render_subjects(
     with stage_lock(out_dir, "qa"):
         cfg = qa_config(cfg)
         labels_dir, out = Path(labels_dir), Path(out_dir)
-        remove_stale_temporaries(out)  # half-written sheets of a killed run
         flags = compute_flags(labels_dir, out, cfg, subject_ids, progress=progress)
         flag_text = dict(zip(flags["subject_id"], flags["flags"]))
         groups = groups_from_config(cfg.render.groups)

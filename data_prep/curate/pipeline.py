@@ -189,7 +189,7 @@ def curate(cfg: DictConfig) -> CurationSummary:
 def _curate(cfg: DictConfig) -> CurationSummary:
     curated, private, reports = Path(cfg.paths.curated), Path(cfg.paths.private), Path(cfg.paths.reports)
     images, provenance = curated / "images", curated / "provenance"
-    for folder in (curated, private, reports):
+    for folder in (private, reports):  # curated/ is cleaned by its lock
         remove_stale_temporaries(folder)
     registry = read_consent(cfg.dataset.consent_csv, cfg.consent.patient_column, cfg.consent.consent_column)
     exclusions = read_exclusions(cfg.dataset.get("exclusions_csv"), cfg.exclusions.subject_column,

@@ -186,8 +186,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
 
 def _run(cfg: DictConfig) -> pd.DataFrame:
     out, qa = Path(cfg.out), Path(cfg.qa_dir)
-    for folder in (out, qa):
-        remove_stale_temporaries(folder)
+    remove_stale_temporaries(qa)  # the locked out folder is cleaned by its lock
     pairs = read_pairs(cfg.subjects_csv)
     jobs = _jobs(cfg, pairs)
     bar = dict(total=len(jobs), desc="heart transfer", unit="pair", disable=not cfg.progress)

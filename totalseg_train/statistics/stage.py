@@ -22,7 +22,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from totalseg_train.atomic import remove_stale_temporaries, write_table
+from totalseg_train.atomic import write_table
 from totalseg_train.evaluate.folders import list_subjects
 from totalseg_train.images import nifti_path
 from totalseg_train.shards import parse_shard, select_shard
@@ -155,7 +155,6 @@ def run(cfg: DictConfig) -> pd.DataFrame:
 
 def _run(cfg: DictConfig) -> pd.DataFrame:
     out = Path(cfg.out)
-    remove_stale_temporaries(out)
     shard = parse_shard(cfg.shard)
     if cfg.model:
         everyone = list_subjects(cfg.images_dir)
