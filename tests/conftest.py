@@ -141,15 +141,43 @@ def tiny_run(workspace) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_parts_run(tiny_run) -> Path:
-    """``python -m totalseg_train +experiment=tiny_parts`` (tiny as two part models, organs and cardiac) in
-    ``tiny_run``'s workspace: the same split, so both models are scored on the same test subject."""
+    """``python -m totalseg_train -m +experiment=tiny_parts part=organs,cardiac hydra/launcher=local``: tiny as two
+    part models (organs and cardiac) trained as two jobs of a local submitit sweep, as a cluster trains them, in
+    ``tiny_run``'s workspace (the same split, so both models are scored on the same test subject). The cardiac
+    job is killed (kill -9) once it has saved its first checkpoint, and the sweep is started again, as SLURM
+    requeues a pre-empted job. ``tiny_parts_sweep.json`` beside the workspace records the kill and what the
+    first sweep left (tests/test_scale_out.py checks them)."""
+    import json
+    import os
+    import signal
     import subprocess
     import sys
+    import time
 
-    run = subprocess.run([sys.executable, "-m", "totalseg_train", *train_overrides(tiny_run, "tiny_parts"),
-                          "model.final_validation=false"], capture_output=True, text=True, cwd=REPO)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    assert "tiny_parts: train 2, validation 1, test 1" in run.stdout
+    command = [sys.executable, "-m", "totalseg_train", "-m", *train_overrides(tiny_run, "tiny_parts"),
+               "model.final_validation=false", "model.epochs=4", "part=organs,cardiac", "hydra/launcher=local"]
+    cardiac = tiny_run / "nnunet" / "results"
+    lock = tiny_run / "results" / ".tiny_parts.train-cardiac.lock"
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    checkpoint = None
+    while first.poll() is None and checkpoint is None:
+        found = list(cardiac.glob("Dataset395_*/*/fold_0/checkpoint_latest.pth"))
+        checkpoint = found[0] if found else None
+        time.sleep(0.05)
+    assert checkpoint is not None, "the sweep ended before cardiac saved a checkpoint:\n" + first.stdout.read()[-5000:]
+    holder = lock.read_text().split()  # "pid <n> since <time>": the job training the cardiac part
+    os.kill(int(holder[1]), signal.SIGKILL)
+    killed_at = time.time()
+    output = first.communicate()[0]
+    organs_final = next(cardiac.glob("Dataset394_*/*/fold_0/checkpoint_final.pth"))
+    record = {"killed_at": killed_at, "first_returncode": first.returncode,
+              "cardiac_final_after_first": any(checkpoint.parent.glob("checkpoint_final.pth")),
+              "organs_final_mtime_ns": organs_final.stat().st_mtime_ns,
+              "summary_after_first": json.loads((tiny_run / "results" / "tiny_parts" / "run_summary.json").read_text())}
+    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
+    record["first_output"] = output[-4000:]
+    tiny_run.with_name("tiny_parts_sweep.json").write_text(json.dumps(record, indent=1, default=str))
     return tiny_run
 
 

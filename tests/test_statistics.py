@@ -13,7 +13,7 @@ from data_prep.phantom.study import generate_study
 from totalseg_train import classes
 from totalseg_train.config import compose_config
 from totalseg_train.images import image_from_array, nifti_path, write_image
-from totalseg_train.shards import parse_shard, select_shard
+from totalseg_train.shards import Shard
 from totalseg_train.statistics import reference_statistics, structure_statistics
 from totalseg_train.statistics.inputs import HuCheck
 from totalseg_train.statistics.stage import run
@@ -38,10 +38,9 @@ def stats_config(workspace, study_dir, *overrides):
 
 def test_one_subject_against_numpy_on_the_truth(study, tmp_path):
     workspace, study_dir = study
-    cfg = stats_config(tmp_path, study_dir, "workers=1", "shard=0/1")
+    cfg = stats_config(tmp_path, study_dir, "workers=1")
     report = run(cfg)
     assert list(report.status) == ["measured"] * N_SUBJECTS
-    run(stats_config(tmp_path, study_dir, "workers=1"))  # gathers (every subject reused)
     table = pd.read_parquet(f"{cfg.out}/statistics.parquet")
     subject = "study0000"
     labels_img = sitk.ReadImage(str(nifti_path(f"{study_dir}/labels", subject)))
@@ -131,11 +130,15 @@ def test_bad_subjects_get_a_row_naming_the_file_and_the_problem_and_the_rest_goe
 
 def test_done_subjects_are_not_measured_again_and_shards_split_the_cohort(study, tmp_path):
     _, study_dir = study
-    shards = [stats_config(tmp_path, study_dir, "workers=1", f"shard={i}/2") for i in range(2)]
-    split = [set(run(cfg).subject_id) for cfg in shards]
-    assert split[0].isdisjoint(split[1]) and split[0] | split[1] == {f"study{i:04d}" for i in range(N_SUBJECTS)}
+    shards = [stats_config(tmp_path, study_dir, "workers=1", f"shard.index={i}", "shard.count=2") for i in range(2)]
     out = tmp_path / "reports" / "statistics"
-    assert not (out / "statistics.parquet").exists(), "a shard does not gather"
+    split = [set(run(shards[0]).subject_id)]
+    assert not (out / "statistics.parquet").exists(), "a shard does not gather while another is not done"
+    split.append(set(run(shards[1]).subject_id))
+    assert split[0].isdisjoint(split[1]) and split[0] | split[1] == {f"study{i:04d}" for i in range(N_SUBJECTS)}
+    gathered = pd.read_parquet(out / "statistics.parquet")
+    assert gathered.subject_id.nunique() == N_SUBJECTS, "the last shard of the sweep gathers"
+    assert (pd.read_csv(out / "run.csv").status == "reused").all(), "the gathering measures nothing again"
     results = {p.name: p.stat().st_mtime_ns for p in (out / "subjects").glob("*.parquet")}
     os.utime(nifti_path(f"{study_dir}/labels", "study0001"))  # a new label map for one subject
     report = run(stats_config(tmp_path, study_dir, "workers=1")).set_index("subject_id")
@@ -146,14 +149,19 @@ def test_done_subjects_are_not_measured_again_and_shards_split_the_cohort(study,
     assert pd.read_parquet(out / "statistics.parquet").subject_id.nunique() == N_SUBJECTS
 
 
-def test_shard_parsing():
-    assert parse_shard("3/16") == (3, 16) and parse_shard(None) is None
-    for bad in ("16/16", "a/b", "1"):
-        with pytest.raises(ValueError, match="shard="):
-            parse_shard(bad)
+def test_shards_split_a_cohort_disjointly_and_stably():
+    assert Shard.from_config({"index": 3, "count": 16}) == Shard(3, 16) and Shard.from_config(None).whole
+    for index, count in ((16, 16), (-1, 4), (0, 0)):
+        with pytest.raises(ValueError, match="shard.index"):
+            Shard(index, count)
+    with pytest.raises(ValueError, match="whole numbers"):
+        Shard.from_config({"index": "a", "count": 2})
     ids = [f"s{i}" for i in range(400)]
-    parts = [select_shard(ids, f"{i}/4") for i in range(4)]
+    parts = [Shard(i, 4).select(ids) for i in range(4)]
     assert sorted(sum(parts, [])) == sorted(ids) and min(map(len, parts)) > 70
+    assert [Shard(i, 4).select(ids[::-1] + ["new"]) for i in range(4)] == [
+        sorted(p + (["new"] if Shard(i, 4).holds("new") else [])) for i, p in enumerate(parts)], \
+        "a subject's shard depends on its id only, not on the order or on who else is in the cohort"
 
 
 def test_radiomics_features_come_from_pyradiomics_and_agree_with_our_measures(study):

@@ -1,7 +1,8 @@
 """python -m totalseg_train +experiment=highres|fast|tiny: train an experiment and score its test split.
 
 Overrides: any config value, e.g. ``device=cpu``, ``part=organs`` (one part model: a launcher sweep runs
-``-m part=organs,vertebrae,cardiac,muscles,ribs``), ``resume=false`` (a killed training starts again at
+``python -m totalseg_train -m +experiment=highres part=organs,vertebrae,cardiac,muscles,ribs
+hydra/launcher=slurm``), ``resume=false`` (a killed training starts again at
 epoch 0 instead of continuing from its latest checkpoint), ``logger=wandb``. ``--cfg job`` prints the
 resolved config without running.
 """

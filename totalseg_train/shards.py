@@ -1,37 +1,94 @@
-"""``shard=i/n``: the share of a cohort one job of a cluster job array works on.
+"""``shard.index`` / ``shard.count``: the share of a cohort one job of a cluster sweep works on.
 
-A subject belongs to shard ``crc32(subject_id) mod n``, so its shard never changes when subjects
-join or leave the cohort, and every shard of a 4000-subject cohort gets about the same number. Shards
-are numbered 0..n-1, as a job array's task ids (``shard=$SLURM_ARRAY_TASK_ID/16``).
+A subject belongs to shard ``crc32(subject_id) mod count``, so its shard never changes when subjects join or
+leave the cohort or the folder lists them in another order, and every shard of a 4000-subject cohort gets about
+the same number. Shards are numbered 0..count-1, as a job array's task ids
+(``-m 'shard.index=range(0,16)' shard.count=16``). ``shard.count=1`` (the default) is the whole cohort.
+
+A shard job writes its own part files in ``<out>/shards/`` (``<table>_<index>of<count>.<ext>``), never the
+cohort's tables. The job that finds every part of its sweep written gathers them into the cohort's tables by
+running the stage once more on the whole cohort, which reuses each part's finished work; a run without a
+shard does the same at any time (the ``merge`` step), so a lost or repeated job costs nothing but its share.
 """
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+PARTS_DIR = "shards"
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"i/n"`` -> (i, n); None or empty -> None (the whole cohort); ValueError for anything else."""
-    if text is None or str(text).strip() == "":
-        return None
-    try:
-        i, n = (int(part) for part in str(text).split("/"))
-    except ValueError:
-        raise ValueError(f"shard={text!r}: expected i/n, e.g. shard=0/16") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"shard={text!r}: need 0 <= i < n (shards are numbered 0..n-1)")
-    return i, n
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.count >= 1 and 0 <= self.index < self.count):
+            raise ValueError(f"shard.index={self.index} shard.count={self.count}: need 0 <= index < count "
+                             "(shards are numbered 0..count-1)")
+
+    @classmethod
+    def from_config(cls, node) -> Shard:
+        """From a config's ``shard`` node (``index``, ``count``); None or no node: the whole cohort."""
+        if node is None:
+            return cls()
+        try:
+            return cls(int(node["index"]), int(node["count"]))
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"shard: expected whole numbers shard.index and shard.count ({err})") from None
+
+    @property
+    def whole(self) -> bool:
+        return self.count == 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.index}of{self.count}"
+
+    def holds(self, subject_id: str) -> bool:
+        return zlib.crc32(subject_id.encode()) % self.count == self.index
+
+    def select(self, subject_ids: Iterable[str]) -> list[str]:
+        """The subjects of this shard (all of them for the whole cohort), sorted."""
+        return sorted(s for s in subject_ids if self.holds(s))
+
+    def lock(self, stage: str) -> str:
+        """The stage's lock name for this shard: the shards of a sweep run side by side, each once."""
+        return stage if self.whole else f"{stage}-shard-{self.index}-of-{self.count}"
+
+    def part(self, folder: str | Path, stem: str, suffix: str) -> Path:
+        """This shard's part file ``<folder>/shards/<stem>_<index>of<count><suffix>``."""
+        return Path(folder) / PARTS_DIR / f"{stem}_{self.name}{suffix}"
+
+    def sweep_done(self, folder: str | Path, stem: str, suffix: str) -> bool:
+        """Whether every shard of this sweep (same count) has written its part."""
+        return all(Shard(i, self.count).part(folder, stem, suffix).is_file() for i in range(self.count))
 
 
-def in_shard(subject_id: str, shard: tuple[int, int] | None) -> bool:
-    if shard is None:
-        return True
-    i, n = shard
-    return zlib.crc32(subject_id.encode()) % n == i
+def part_files(folder: str | Path, stem: str, suffix: str) -> list[tuple[Shard, Path]]:
+    """Every shard part of a table in ``folder`` (of any sweep) with its shard, oldest first: a newer part's
+    row wins."""
+    found = []
+    for path in Path(folder, PARTS_DIR).glob(f"{stem}_*of*{suffix}"):
+        index, _, count = path.name[len(stem) + 1:-len(suffix)].partition("of")
+        if index.isdigit() and count.isdigit() and int(index) < int(count):
+            found.append((Shard(int(index), int(count)), path))
+    return sorted(found, key=lambda part: part[1].stat().st_mtime_ns)
 
 
-def select_shard(subject_ids: Iterable[str], shard: str | None) -> list[str]:
-    """The subjects of one shard (all of them without a shard), sorted."""
-    parsed = parse_shard(shard)
-    return sorted(s for s in subject_ids if in_shard(s, parsed))
+def input_key(files: Iterable[str | Path | None], settings: object) -> str:
+    """What a part's finished work was computed from: each file's size and modification time ((-1, -1) for a
+    missing one or None) and the settings. A merge reuses the work only while the key is unchanged."""
+    states = []
+    for path in files:
+        try:
+            stat = Path(path).stat() if path is not None else None
+        except FileNotFoundError:
+            stat = None
+        states.append((stat.st_size, stat.st_mtime_ns) if stat else (-1, -1))
+    return json.dumps([states, settings], sort_keys=True, default=str)

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from annotation_loop.qa.render_cohort import render_subjects
 from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
+from totalseg_train.shards import Shard
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="qa", version_base="1.3")
@@ -22,6 +23,12 @@ def main(cfg: DictConfig) -> None:
     except FileNotFoundError as exc:
         raise SystemExit(f"error: {exc}") from exc
     flagged = int((summary.flags.n_flags > 0).sum())
+    shard = Shard.from_config(cfg.shard)
+    if not summary.grids and not shard.whole:
+        print(f"QA shard {shard.index} of {shard.count}: {len(summary.flags)} subjects from {cfg.labels_dir}, "
+              f"{len(summary.rendered)} sheets rendered now; the last shard of the sweep merges the tables "
+              f"into {cfg.out}")
+        return
     print(f"QA of {len(summary.flags)} subjects from {cfg.labels_dir}")
     print(f"  sheets rendered now: {len(summary.rendered)} (up to date: {len(summary.renders) - len(summary.rendered)})")
     print(f"  subjects with QA flags: {flagged}; flags table: {cfg.out}/flags.csv")

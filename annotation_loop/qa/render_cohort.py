@@ -30,11 +30,13 @@ from totalseg_train.atomic import atomic_path, write_table
 from totalseg_train.checksums import file_sha256
 from totalseg_train.images import ImageFileError, nifti_path, subject_id_of
 from totalseg_train.label_maps import read_label_map
+from totalseg_train.shards import Shard, part_files
 from totalseg_train.stage_lock import stage_lock
 
 log = logging.getLogger(__name__)
 
 RENDERS_CSV = "renders.csv"
+RENDERS_PART = "renders"  # a shard's part of renders.csv: <out>/shards/renders_<index>of<count>.csv
 # labels_file / labels_sha256: the exact label map a sheet shows, to which the review page binds decisions.
 RENDER_COLUMNS = ["subject_id", "sheet", "thumb", "labels_file", "labels_sha256", "labels_mtime_ns", "labels_size",
                   "flags", "settings", "n_classes", "mesh_seconds", "render_seconds", "rendered_at"]
@@ -129,35 +131,63 @@ def render_subjects(
     cfg: DictConfig | None = None,
     subject_ids: list[str] | None = None,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> RenderSummary:
     """QA sheets ``<out>/subjects/<id>.png`` (+ thumbnails), grids ``<out>/grids/grid_XXX.png``, ``flags.csv``.
 
     Subjects whose sheet is up to date (same label file, flags and render settings) are skipped. One run at
-    a time per QA folder.
+    a time per QA folder. A ``shard`` (default: ``cfg.shard``) of a sweep measures and renders its own
+    subjects and writes its part of the tables in ``<out>/shards/``; the shard that finds every part of its
+    sweep written then merges them: the cohort's flags, the sheets whose flags the whole cohort changed,
+    ``renders.csv``, ``flags.csv`` and the grids, as one run over the whole cohort would have written them.
     """
-    with stage_lock(out_dir, "qa"):
-        cfg = qa_config(cfg)
-        labels_dir, out = Path(labels_dir), Path(out_dir)
-        flags = compute_flags(labels_dir, out, cfg, subject_ids, progress=progress)
-        flag_text = dict(zip(flags["subject_id"], flags["flags"]))
-        groups = groups_from_config(cfg.render.groups)
-        settings = _settings_key(cfg)
-        renders_csv = out / RENDERS_CSV
-        previous = (pd.read_csv(renders_csv, keep_default_na=False, dtype={"subject_id": str, "labels_sha256": str})
-                    .set_index("subject_id")
-                    if renders_csv.exists() else pd.DataFrame(columns=RENDER_COLUMNS).set_index("subject_id"))
-        todo = [s for s in flags.subject_id
-                if cfg.overwrite or not _up_to_date(previous, s, nifti_path(labels_dir, s), flag_text[s], settings, out)]
-        records = {s: previous.loc[s].to_dict() for s in flags.subject_id if s in previous.index and s not in todo}
-        errors: list[str] = []
-        if todo:
-            _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, records, errors, progress)
-        renders = pd.DataFrame([{"subject_id": s, **records[s]} for s in flags.subject_id if s in records],
-                               columns=RENDER_COLUMNS)
-        write_table(renders, renders_csv)
-        layout = GridLayout(**OmegaConf.to_container(cfg.grid, resolve=True))
-        grids = write_grids(out / "subjects", flags[flags.subject_id.isin(records)], out / "grids", layout)
-        return RenderSummary(renders, flags, grids, [s for s in todo if s in records], errors)
+    cfg = qa_config(cfg)
+    shard = shard if shard is not None else Shard.from_config(cfg.get("shard"))
+    if shard.whole:
+        with stage_lock(out_dir, "qa"):
+            return _render_cohort(labels_dir, out_dir, cfg, subject_ids, progress, shard)
+    with stage_lock(out_dir, shard.lock("qa")):
+        summary = _render_cohort(labels_dir, out_dir, cfg, subject_ids, progress, shard)
+    if not shard.sweep_done(out_dir, RENDERS_PART, ".csv"):
+        return summary
+    # The last shard of the sweep merges; one finishing at the same moment waits, then finds it done.
+    with stage_lock(out_dir, "qa", wait=True):
+        return _render_cohort(labels_dir, out_dir, cfg, subject_ids, progress, Shard())
+
+
+def _previous_renders(out: Path) -> pd.DataFrame:
+    """The render records of renders.csv and of every shard part, the latest per subject."""
+    tables = [pd.read_csv(path, keep_default_na=False, dtype={"subject_id": str, "labels_sha256": str})
+              for path in [out / RENDERS_CSV, *(p for _, p in part_files(out, RENDERS_PART, ".csv"))]
+              if path.is_file()]
+    if not tables:
+        return pd.DataFrame(columns=RENDER_COLUMNS).set_index("subject_id")
+    return (pd.concat(tables, ignore_index=True).sort_values("rendered_at", kind="stable")
+            .drop_duplicates("subject_id", keep="last").set_index("subject_id"))
+
+
+def _render_cohort(labels_dir, out_dir, cfg: DictConfig, subject_ids, progress: bool, shard: Shard) -> RenderSummary:
+    labels_dir, out = Path(labels_dir), Path(out_dir)
+    flags = compute_flags(labels_dir, out, cfg, subject_ids, progress=progress, shard=shard)
+    flag_text = dict(zip(flags["subject_id"], flags["flags"]))
+    groups = groups_from_config(cfg.render.groups)
+    settings = _settings_key(cfg)
+    previous = _previous_renders(out)
+    todo = [s for s in flags.subject_id
+            if cfg.overwrite or not _up_to_date(previous, s, nifti_path(labels_dir, s), flag_text[s], settings, out)]
+    records = {s: previous.loc[s].to_dict() for s in flags.subject_id if s in previous.index and s not in todo}
+    errors: list[str] = []
+    if todo:
+        _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, records, errors, progress)
+    renders = pd.DataFrame([{"subject_id": s, **records[s]} for s in flags.subject_id if s in records],
+                           columns=RENDER_COLUMNS)
+    if not shard.whole:
+        write_table(renders, shard.part(out, RENDERS_PART, ".csv"))
+        return RenderSummary(renders, flags, [], [s for s in todo if s in records], errors)
+    write_table(renders, out / RENDERS_CSV)
+    layout = GridLayout(**OmegaConf.to_container(cfg.grid, resolve=True))
+    grids = write_grids(out / "subjects", flags[flags.subject_id.isin(records)], out / "grids", layout)
+    return RenderSummary(renders, flags, grids, [s for s in todo if s in records], errors)
 
 
 def _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, records, errors, progress) -> None:

@@ -2,7 +2,7 @@
 
 Each step skips finished work, so a killed or repeated run picks up where it stopped; each part model
 is an independent job (``part=<name>``), and whichever job finds every part trained predicts the test
-split, merges the parts and writes the summary.
+split, merges the parts and writes the summary; a later job or run finds that done and leaves it.
 """
 
 from __future__ import annotations
@@ -180,8 +180,29 @@ def run(cfg: DictConfig) -> dict:
         return _predict_and_summarise(cfg, split, results)
 
 
+def finished_summary(cfg: DictConfig, split: Split, results: Path, trained: TrainedModel) -> dict | None:
+    """The stored summary when the final step is done for these weights, test images and labels and evaluation
+    settings (the second of two part jobs finishing together, or the step run again as its own command)."""
+    path = results / SUMMARY
+    if trained.untrained_parts() or not path.is_file():
+        return None
+    inputs = [nifti_path(cfg.labels_dir, s) for s in split.test] + [nifti_path(cfg.images_dir, s) for s in split.test]
+    newest = max([trained.trained_ns(), *(p.stat().st_mtime_ns for p in inputs if p.exists())])
+    if path.stat().st_mtime_ns < newest:
+        return None
+    summary = json.loads(path.read_text())
+    same = (summary.get("evaluation") is not None and summary["split"]["test_subjects"] == list(split.test)
+            and summary["config"]["evaluation"] == OmegaConf.to_container(cfg.evaluation, resolve=True)
+            and summary["config"]["labels_dir"] == str(cfg.labels_dir))
+    return summary if same else None
+
+
 def _predict_and_summarise(cfg: DictConfig, split: Split, results: Path) -> dict:
     trained = read_model_manifest(results)
+    done = finished_summary(cfg, split, results, trained)
+    if done is not None:
+        log.info("the test split is predicted and scored for these part models already (%s)", results / SUMMARY)
+        return done
     summary = {
         "experiment": str(cfg.model.name),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

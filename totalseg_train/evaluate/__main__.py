@@ -11,6 +11,7 @@ from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.evaluate.aggregate import BootstrapSettings
 from totalseg_train.evaluate.folders import SCORES_FILE, SUMMARY_FILE, evaluate_folders
+from totalseg_train.shards import Shard
 
 log = logging.getLogger("totalseg_train.evaluate")
 
@@ -38,7 +39,16 @@ def main(cfg: DictConfig) -> None:
         subjects=list(cfg.subjects) if cfg.subjects is not None else None,
         resample=cfg.resample,
         bootstrap=BootstrapSettings.from_config(cfg.bootstrap),
+        shard=Shard.from_config(cfg.shard),
     )
+    if "shard" in summary:
+        shard, counts = summary["shard"], summary["subjects"]
+        log.info("shard %d of %d: %d subjects scored into %s/shards; the last shard of the sweep merges the tables",
+                 shard["index"], shard["count"], counts["scored"], cfg.out_dir)
+        if counts["failed"]:
+            raise SystemExit(f"{len(counts['failed'])} subject(s) could not be evaluated: "
+                             + "; ".join(counts["failed"].values()))
+        return
     confidence = round(cfg.bootstrap.confidence * 100)
     log.info("micro-average over all subject-class pairs (%d %% CI): %s", confidence, _format(summary["overall"]))
     for category, entry in summary["per_category"].items():

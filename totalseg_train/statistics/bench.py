@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  same numbers: largest difference {largest:.2e} (tolerance 1e-6)")
     print(f"  {per_minute:.1f} subjects/minute on {args.workers} cores (read + measure, one subject per worker)")
     print(f"  {args.cohort} subjects: {result['cohort_hours']:.1f} h on {args.workers} cores, "
-          f"{result['cohort_hours_array'] * 60:.0f} min on a {args.nodes}-node array (shard=i/{args.nodes})")
+          f"{result['cohort_hours_array'] * 60:.0f} min on a {args.nodes}-node array (shard.index=i shard.count={args.nodes})")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -2,10 +2,10 @@
 
 Each subject's table is written to ``<out>/subjects/<subject_id>.parquet`` (atomically) and not
 measured again while it is newer than the subject's label map and image and was measured with the
-same settings. A run without a shard then gathers every subject of the labels folder into
-``<out>/statistics.parquet`` with the subject's age, sex, site, scanner and contrast phase from
-curation's ``subjects.csv``; ``<out>/run.csv`` (``run_<i>of<n>.csv`` for a shard) holds one row per
-subject: measured, reused, or the error naming the file and the problem.
+same settings. A run without a shard (or the last shard of a sweep to finish) then gathers every subject
+of the labels folder into ``<out>/statistics.parquet`` with the subject's age, sex, site, scanner and
+contrast phase from curation's ``subjects.csv``; ``<out>/run.csv`` (``shards/run_<i>of<n>.csv`` for a
+shard) holds one row per subject: measured, reused, or the error naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from totalseg_train.atomic import write_table
 from totalseg_train.evaluate.folders import list_subjects
 from totalseg_train.images import nifti_path
-from totalseg_train.shards import parse_shard, select_shard
+from totalseg_train.shards import Shard
 from totalseg_train.statistics.inputs import HuCheck, StatisticsInputError, read_subject
 from totalseg_train.statistics.measures import structure_statistics
 from totalseg_train.stage_lock import stage_lock
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 STATISTICS_FILE = "statistics.parquet"
 SUBJECTS_DIR = "subjects"
 MEASURED, REUSED, ERROR = "measured", "reused", "error"
+RUN_PART = "run"  # a shard's run table: <out>/shards/run_<index>of<count>.csv
 RUN_COLUMNS = ["subject_id", "status", "reason", "labels", "image"]
 SETTINGS = ("hu_check", "radiomics")  # what shapes a subject's table
 
@@ -147,31 +148,37 @@ def _predicted_labels(cfg: DictConfig, subject_ids: list[str]) -> Path:
 
 def run(cfg: DictConfig) -> pd.DataFrame:
     """Measure the subjects of the shard (all without one); returns the run table (one row per subject). One
-    run at a time per shard: the shards of a sweep run side by side."""
-    shard = parse_shard(cfg.shard)
-    with stage_lock(cfg.out, "statistics" if shard is None else f"statistics-shard-{shard[0]}-of-{shard[1]}"):
-        return _run(cfg)
+    run at a time per shard: the shards of a sweep run side by side, and the one that finds every shard's
+    run table written gathers statistics.parquet (a run without a shard gathers too)."""
+    shard = Shard.from_config(cfg.get("shard"))
+    if shard.whole:
+        with stage_lock(cfg.out, "statistics"):
+            return _run(cfg, shard)
+    with stage_lock(cfg.out, shard.lock("statistics")):
+        report = _run(cfg, shard)
+    if shard.sweep_done(cfg.out, RUN_PART, ".csv"):
+        with stage_lock(cfg.out, "statistics", wait=True):
+            _run(cfg, Shard())  # every subject is done: reused and gathered
+    return report
 
 
-def _run(cfg: DictConfig) -> pd.DataFrame:
+def _run(cfg: DictConfig, shard: Shard) -> pd.DataFrame:
     out = Path(cfg.out)
-    shard = parse_shard(cfg.shard)
     if cfg.model:
         everyone = list_subjects(cfg.images_dir)
-        subject_ids = select_shard(everyone, cfg.shard)
+        subject_ids = shard.select(everyone)
         labels_dir = _predicted_labels(cfg, subject_ids)
     else:
         labels_dir = Path(cfg.labels_dir)
         if not labels_dir.is_dir():
             raise FileNotFoundError(f"labels_dir {labels_dir} does not exist")
         everyone = list_subjects(labels_dir)
-        subject_ids = select_shard(everyone, cfg.shard)
+        subject_ids = shard.select(everyone)
     rows = _run_all(_jobs(cfg, subject_ids, labels_dir), int(cfg.workers), bool(cfg.progress))
     report = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    name = "run.csv" if shard is None else f"run_{shard[0]}of{shard[1]}.csv"
-    write_table(report, out / name)
+    write_table(report, out / "run.csv" if shard.whole else shard.part(out, RUN_PART, ".csv"))
     for row in report[report.status == ERROR].itertuples():
         log.error("subject %s not measured: %s", row.subject_id, row.reason)
-    if shard is None:
+    if shard.whole:
         gather(cfg, everyone)
     return report
