@@ -18,7 +18,7 @@ HEART_LABELS ?= $(WORKSPACE)/truth_labels
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .DEFAULT_GOAL := help
-.PHONY: audit robustness bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics
+.PHONY: audit robustness bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics bench-scale
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -116,8 +116,11 @@ bootstrap-round: setup ## One annotation bootstrap round: make bootstrap-round [
 clean-demo: ## Remove the demo workspace
 	rm -rf $(WORKSPACE)
 
-bench-curate: setup ## Header scan files/s and conversion series/s on a 16-patient phantom, beside pydicom's bare loop
+bench-curate: setup ## Header scan files/s (first scan and an unchanged archive again, from the cache) and conversion series/s on a 16-patient phantom, beside pydicom's bare loop
 	$(PY) -m data_prep.curate.bench --subjects 16 --workers 2
+
+bench-scale: setup ## Per-subject cost of every per-subject stage, QA as 1, 2 and 4 local jobs, an estimate for 1204 subjects on 16 jobs (~6 min)
+	$(PY) -m annotation_loop.scale_bench --subjects 12 --jobs 1 2 4
 
 bench-train: setup ## s/iteration of tiny and fast, engine overhead vs nnU-Net, tiny's test Dice after 5 min (20 phantom subjects; ~25 min)
 	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \

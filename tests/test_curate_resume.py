@@ -83,8 +83,11 @@ def test_killed_run_resumes_and_grown_archive_converts_only_new_series(phantom_c
 
     # The archive grows: only the new series are converted; earlier subjects keep ids and files.
     rest = sorted(set(phantom_index.exam_id) - set(first_exams))
+    files_before = sum(1 for p in dicom.rglob("*") if p.is_file())
     link_exams(phantom_cohort, phantom_index, rest, dicom)
     summary = curate(compose_config("curate", args))
+    assert summary.n_parsed == sum(1 for p in dicom.rglob("*") if p.is_file()) - files_before, \
+        "only the new files' headers are parsed (the header cache answers for the others)"
     new = phantom_index[phantom_index.exam_id.isin(rest) & (phantom_index.expected == "included")]
     assert summary.n_converted == len(new) > 0
     assert summary.n_subjects == len(first) + len(new)
@@ -94,8 +97,11 @@ def test_killed_run_resumes_and_grown_archive_converts_only_new_series(phantom_c
     assert decisions_match(workspace, phantom_index)
     assert not any(p.name.startswith(TMP_MARK) for p in images.iterdir())
 
-    # Nothing new: nothing converted.
-    assert curate(compose_config("curate", args)).n_converted == 0
+    # Nothing new: nothing parsed, nothing converted, the same tables.
+    series = pd.read_parquet(workspace / "curated" / "series.parquet")
+    again = curate(compose_config("curate", args))
+    assert again.n_converted == 0 and again.n_parsed == 0 and again.n_without_consent == summary.n_without_consent
+    pd.testing.assert_frame_equal(pd.read_parquet(workspace / "curated" / "series.parquet"), series)
 
 
 def test_annotator_exclusions_and_withdrawn_consent(phantom_cohort, phantom_index, tmp_path):
@@ -134,8 +140,14 @@ def test_annotator_exclusions_and_withdrawn_consent(phantom_cohort, phantom_inde
     assert sorted(p.name for p in (workspace / "curated" / "images").iterdir()) == [f"{pair[1]}.nii.gz"]
     assert third.n_without_consent == (phantom_index.patient_id == withdrawn).sum() == 3
     assert len(third.series) == len(second.series) - 3 and "no_consent" not in set(third.series.reason)
-    for private in (workspace / "private").iterdir():
-        assert withdrawn not in private.read_text(), private.name
+    for private in (workspace / "private").rglob("*"):
+        if private.is_file():
+            assert withdrawn.encode() not in private.read_bytes(), private.name
+    cache = workspace / "private" / "header_cache"
+    assert withdrawn not in set(pd.read_parquet(cache / "records.parquet").patient_id), "cached headers forgotten"
+    withheld = pd.read_parquet(cache / "withheld.parquet")
+    assert list(withheld.columns) == ["path", "size", "mtime_ns", "series_hash", "patient_hash"]
+    assert withheld.series_hash.nunique() == 3, "the withdrawn patient's three series, as keyed hashes only"
     key = pd.read_csv(workspace / "private" / "pseudonym_key.csv", dtype=str, keep_default_na=False)
     assert len(key) == 4 and (key.PatientID == "").sum() == 2  # ids retired, never reused
     exported = export_truth_labels(*truth)

@@ -62,3 +62,58 @@ def test_truncated_headers_and_pixel_data_are_found(phantom_cohort, phantom_inde
         assert dict(zip(scan.problems.path, scan.problems.problem)) == {"header_cut.dcm": "truncated",
                                                                         "pixels_cut.dcm": "truncated"}, fast
         assert scan.files.path.tolist() == ["complete.dcm"]
+
+
+def _second_patient(source, out, patient_id: str) -> None:
+    """The real 20-slice series again as another patient's exam (new PatientID, name and UIDs)."""
+    from pydicom.uid import generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    out.mkdir()
+    for path in sorted(source.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.PatientID, ds.PatientName = patient_id, "Other^Patient"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
+        ds.save_as(out / path.name)
+
+
+def test_header_cache_parses_only_what_changed_and_keeps_nothing_of_patients_without_consent(shared_dir, tmp_path):
+    from data_prep.curate.scan_cache import HeaderCache
+
+    real = shared_dir / "data" / "ct_example" / "example_ct_dicom"
+    root, private = tmp_path / "archive", tmp_path / "private"
+    shutil.copytree(real, root / "a")
+    _second_patient(real, root / "b", "NOCONSENT42")
+    (root / "notes.txt").write_text("not an image")
+    consenting = {pydicom.dcmread(next((root / "a").iterdir())).PatientID}
+    reference = scan_tree(root, workers=1, progress=False)
+    assert reference.n_files == 41 and len(reference.files) == 40 and len(reference.problems) == 1
+
+    def scan(patients):
+        cache = HeaderCache(private, patients)
+        result = scan_tree(root, workers=1, progress=False, cache=cache)
+        without = result.files[~result.files.patient_id.isin(patients)]
+        cache.save(result.states, result.files, result.problems, result.withheld,
+                   without[["series_key", "patient_id"]].drop_duplicates())
+        return result
+
+    first = scan(consenting)
+    assert first.n_parsed == 41
+    pd.testing.assert_frame_equal(first.files, reference.files)
+    second = scan(consenting)
+    assert second.n_parsed == 0, "an unchanged archive is answered from the cache"
+    mine = reference.files[reference.files.patient_id.isin(consenting)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(second.files, mine)
+    pd.testing.assert_frame_equal(second.problems, reference.problems)
+    assert len(second.withheld) == 20 and second.withheld.series_hash.nunique() == 1
+    other = pydicom.dcmread(next((root / "b").iterdir()))
+    for path in (private / "header_cache").iterdir():
+        for secret in ("NOCONSENT42", "Other^Patient", other.StudyInstanceUID, other.SeriesInstanceUID):
+            assert secret.encode() not in path.read_bytes(), (path.name, secret)
+
+    changed = sorted((root / "a").iterdir())[3]
+    changed.touch()
+    assert scan(consenting).n_parsed == 1, "a changed file (modification time) is parsed again"
+    consented_since = scan(consenting | {"NOCONSENT42"})
+    assert consented_since.n_parsed == 20, "the files of a patient who consented since are parsed again"
+    pd.testing.assert_frame_equal(consented_since.files, reference.files)

@@ -15,7 +15,7 @@ from totalseg_train.config import CONFIG_PATH
 def main(cfg: DictConfig) -> None:
     s = curate(cfg)
     print(f"curated cohort in {s.curated}")
-    print(f"  header scan: {s.n_files} files in {s.scan_seconds:.1f} s "
+    print(f"  header scan: {s.n_files} files ({s.n_parsed} parsed, the others unchanged) in {s.scan_seconds:.1f} s "
           f"({s.n_files / max(s.scan_seconds, 1e-9):.0f} files/s); {s.n_problem_files} not usable "
           f"(listed in {cfg.paths.private}/unreadable_files.csv)")
     print(f"  {s.n_series + s.n_without_consent} series, {s.n_without_consent} of patients without research consent "

@@ -32,3 +32,9 @@ def consent_given(patient_ids: pd.Series, registry: dict[str, str], accepted: It
         raise ValueError("consent.accepted is empty: name the registry value(s) that mean research consent is given")
     known = {patient: str(value).strip().lower() in accepted for patient, value in registry.items() if patient}
     return patient_ids.str.strip().map(known).fillna(False).astype(bool)
+
+
+def consenting_patients(registry: dict[str, str], accepted: Iterable[str]) -> set[str]:
+    """The registry's PatientIDs whose consent is given."""
+    patients = pd.Series(list(registry), dtype=str)
+    return set(patients[consent_given(patients, registry, accepted)].str.strip())

@@ -16,9 +16,10 @@ from tqdm import tqdm
 from data_prep.curate.characteristics import characteristics_table, to_markdown
 from data_prep.curate.convert import convert_series, is_current
 from data_prep.curate.pseudonyms import PseudonymStore
-from data_prep.curate.consent import consent_given, read_consent
+from data_prep.curate.consent import consent_given, consenting_patients, read_consent
 from data_prep.curate.rules import EXCLUDED, INCLUDED, apply_rules, describe
 from data_prep.curate.scan import scan_tree
+from data_prep.curate.scan_cache import HeaderCache
 from data_prep.curate.selection import select_series
 from data_prep.curate.series import group_series
 from data_prep.curate.vocabulary import Vocabulary
@@ -71,6 +72,7 @@ class CurationSummary:
     subjects: pd.DataFrame           # subjects.csv
     characteristics: pd.DataFrame
     reasons: dict[str, int] = field(default_factory=dict)
+    n_parsed: int = 0                # files whose header this run parsed (the others: unchanged, from the cache)
 
 
 def read_exclusions(path: str | Path | None, subject_column: str, note_column: str) -> dict[str, str]:
@@ -196,10 +198,13 @@ def _curate(cfg: DictConfig) -> CurationSummary:
                                  cfg.exclusions.note_column)
     root = str(Path(cfg.dataset.dicom_root).resolve())
 
+    cache = (HeaderCache(private, consenting_patients(registry, cfg.consent.accepted)) if cfg.scan.cache
+             else None)
     scan = scan_tree(root, workers=int(cfg.workers), files_per_task=int(cfg.scan.files_per_task),
                      follow_symlinks=bool(cfg.scan.follow_symlinks), skip_hidden=bool(cfg.scan.skip_hidden),
-                     progress=bool(cfg.progress))
-    log.info("header scan: %d files in %.1f s (%.0f files/s), %d not usable", scan.n_files, scan.seconds,
+                     progress=bool(cfg.progress), cache=cache)
+    log.info("header scan: %d files (%d parsed, the others unchanged since the last scan) in %.1f s "
+             "(%.0f files/s), %d not usable", scan.n_files, scan.n_parsed, scan.seconds,
              scan.n_files / max(scan.seconds, 1e-9), len(scan.problems))
     write_table(scan.problems, private / PROBLEMS_FILE)
     grouped = group_series(scan.files, float(cfg.rules.geometry.orientation_tolerance))
@@ -207,6 +212,9 @@ def _curate(cfg: DictConfig) -> CurationSummary:
     store = PseudonymStore(private)
     _forget_without_consent(grouped.series[~consenting], store)
     n_without_consent = int((~consenting).sum())
+    if cache is not None:  # the cache's series without consent, unless this scan parsed some of their files
+        stopped_now = {cache.keyed(k) for k in grouped.series.loc[~consenting, "series_key"]}
+        n_without_consent += len(set(scan.withheld.series_hash) - stopped_now)
     series = describe(grouped.series[consenting].reset_index(drop=True), Vocabulary(cfg.vocabulary))
     series = apply_rules(series, cfg.rules)
 
@@ -256,13 +264,16 @@ def _curate(cfg: DictConfig) -> CurationSummary:
     reasons = {str(k): int(v) for k, v in table.loc[table["decision"] != INCLUDED, "reason"].value_counts().items()}
     summary = CurationSummary(curated, scan.n_files, len(scan.problems), len(series), len(subjects), n_converted,
                               n_removed, withdrawn, n_without_consent, scan.seconds, convert_seconds, table, subjects,
-                              chars, reasons)
+                              chars, reasons, scan.n_parsed)
     write_text(curated / SUMMARY_FILE, json.dumps({
-        "files": scan.n_files, "problem_files": scan.problems["problem"].value_counts().to_dict(),
+        "files": scan.n_files, "files_parsed": scan.n_parsed, "problem_files": scan.problems["problem"].value_counts().to_dict(),
         "series": len(series) + n_without_consent, "without_consent": n_without_consent,
         "subjects": len(subjects), "converted_now": n_converted, "removed_now": n_removed,
         "excluded_by_reason": reasons, "scan_seconds": round(scan.seconds, 2),
         "convert_seconds": round(convert_seconds, 2)}, indent=1))
+    if cache is not None:  # last: a scan that ends early is parsed again next time, never half-remembered
+        cache.save(scan.states, scan.files, scan.problems, scan.withheld,
+                   grouped.series.loc[~consenting, ["series_key", "patient_id"]])
     log.info("curation: %d series, %d subjects included, %d converted now, %d removed", len(series), len(subjects),
              n_converted, n_removed)
     return summary

@@ -27,6 +27,7 @@ from pydicom.uid import UID
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
+from data_prep.curate.scan_cache import HeaderCache, file_states
 from data_prep.curate.header import PIXEL_DATA, Header, NotDicom, Truncated, Unsupported, read_pydicom, read_raw
 
 # Columns of a file record, in the order read_header returns them.
@@ -61,6 +62,9 @@ class ScanResult:
     problems: pd.DataFrame   # path (relative), problem code, detail
     n_files: int             # every file looked at
     seconds: float
+    n_parsed: int = 0        # files parsed by this scan (the others came from the cache)
+    states: pd.DataFrame | None = None    # with a cache: path, size, mtime_ns of every file
+    withheld: pd.DataFrame | None = None  # with a cache: unchanged files of series without consent (hashes only)
 
 
 class FileProblem(Exception):
@@ -289,15 +293,23 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
 
 
 def scan_tree(root: str | Path, workers: int = 2, files_per_task: int = 512, follow_symlinks: bool = True,
-              skip_hidden: bool = True, progress: bool = True, fast: bool = True) -> ScanResult:
-    """Parse the header of every file under ``root`` in ``workers`` processes."""
+              skip_hidden: bool = True, progress: bool = True, fast: bool = True,
+              cache: HeaderCache | None = None) -> ScanResult:
+    """Parse the header of every file under ``root`` in ``workers`` processes; with a ``cache``, only of the
+    files it does not answer for (new, changed, or of a patient who has consented since)."""
     start = time.perf_counter()
     root = str(Path(root).resolve())
     rels = list_files(root, follow_symlinks, skip_hidden)
-    chunks = _chunks(rels, max(1, int(files_per_task)))
+    states = cached = None
+    todo = rels
+    if cache is not None:
+        states = file_states(root, rels)
+        cached = cache.lookup(states, list(FILE_COLUMNS), list(PROBLEM_COLUMNS))
+        todo = cached.todo
+    chunks = _chunks(todo, max(1, int(files_per_task)))
     records: list[tuple] = []
     problems: list[tuple] = []
-    bar = tqdm(total=len(rels), desc="header scan", unit="file", disable=not progress, smoothing=0.1)
+    bar = tqdm(total=len(todo), desc="header scan", unit="file", disable=not progress, smoothing=0.1)
     if workers <= 1 or len(chunks) <= 1:
         for chunk in chunks:
             r, p = scan_chunk(root, chunk, fast)
@@ -312,5 +324,18 @@ def scan_tree(root: str | Path, workers: int = 2, files_per_task: int = 512, fol
                 bar.update(len(chunk))
     bar.close()
     files = pd.DataFrame.from_records(records, columns=list(FILE_COLUMNS))
-    return ScanResult(files, pd.DataFrame.from_records(problems, columns=list(PROBLEM_COLUMNS)), len(rels),
-                      time.perf_counter() - start)
+    problem_table = pd.DataFrame.from_records(problems, columns=list(PROBLEM_COLUMNS))
+    if cached is not None:
+        files = _with_cached(cached.records, files)
+        problem_table = _with_cached(cached.problems, problem_table)
+    return ScanResult(files, problem_table, len(rels), time.perf_counter() - start, len(todo), states,
+                      None if cached is None else cached.withheld)
+
+
+def _with_cached(cached: pd.DataFrame, parsed: pd.DataFrame) -> pd.DataFrame:
+    """Cached and newly parsed rows in path order, as one scan of every file gives them."""
+    if not len(cached):
+        return parsed
+    if not len(parsed):
+        return cached.sort_values("path", ignore_index=True)
+    return pd.concat([cached, parsed], ignore_index=True).sort_values("path", ignore_index=True)
