@@ -8,6 +8,9 @@ and augmentation choose the class: nnU-Net's own variants switch them off.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -44,6 +47,10 @@ class nnUNetTrainerTotalSeg(nnUNetTrainer):
             raise ValueError(f"optimizer {self.optimizer_name!r} is not one of {', '.join(OPTIMIZERS)}")
         self.initial_checkpoint = settings.get("initial_checkpoint")
         self.final_validation = bool(settings.get("final_validation", True))
+        # nnU-Net's epoch end draws progress.png in place (matplotlib): a kill while it draws leaves a cut-off
+        # PNG. Its logger's method is wrapped to draw into a scratch folder and rename the picture into place.
+        self._plot_in_place = self.logger.plot_progress_png
+        self.logger.plot_progress_png = self._plot_progress_atomically
 
     def on_train_start(self):
         super().on_train_start()
@@ -69,6 +76,16 @@ class nnUNetTrainerTotalSeg(nnUNetTrainer):
             return
         with atomic_path(filename) as tmp:
             super().save_checkpoint(str(tmp))
+
+    def _plot_progress_atomically(self, output_folder: str) -> None:
+        with atomic_path(Path(output_folder) / "progress.png") as tmp:
+            scratch = tmp.with_name(f"{tmp.name}.d")  # a temporary's name: removed with them if the run dies
+            scratch.mkdir()
+            try:
+                self._plot_in_place(str(scratch))
+                (scratch / "progress.png").replace(tmp)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
 
     def configure_optimizers(self):
         if self.optimizer_name == "sgd":
