@@ -61,6 +61,12 @@ def test_qa_as_three_local_jobs_gives_the_tables_of_one_process(workspace, label
     parts = pd.concat([pd.read_csv(three / PARTS_DIR / f"renders_{i}of3.csv", keep_default_na=False)
                        for i in range(3)])
     assert sorted(parts.subject_id) == sorted(renders[0].subject_id), "each subject in exactly one shard"
+    logs = "".join(p.read_text() for p in tmp_path.glob("logs/qa/multirun_*/.submitit/*/*_log.out"))
+    assert "QA of 7 subjects" in logs and "sheets rendered now: 0 (" in logs, \
+        "the merge renders nothing: sheets whose flags the cohort changed get them on their shard's frame"
+    merged = dict(zip(renders[1]["subject_id"], renders[1]["flags"]))
+    assert any(merged[row.subject_id] != row.flags for row in parts.itertuples()), \
+        "some flags judged within a shard change once the whole cohort is judged (the case the merge is for)"
     before = {p.name: p.stat().st_mtime_ns for p in (three / "subjects").glob("*.png")}
     again = _run("annotation_loop.qa", *common, f"out={three}", f"paths.workspace={tmp_path}")
     assert "sheets rendered now: 0 (up to date: 7)" in again.stdout, "a second merge redoes nothing"
@@ -191,3 +197,26 @@ def test_two_part_training_as_local_jobs_resumes_a_killed_part_and_scores_once(t
                  "model.epochs=4")  # the final step as its own command: found done
     assert "test split: mean Dice" in again.stdout
     assert {name: (results / name).stat().st_mtime_ns for name in scored} == scored, "scored once"
+
+
+def test_forked_children_of_a_job_can_be_terminated():
+    """A submitit job handles SIGTERM itself (to requeue); a fork pool's workers must not inherit that, or
+    ``Pool.terminate()`` waits for them for ever (nnU-Net's planning hung so in a local sweep)."""
+    code = """
+import os, signal, time
+from totalseg_train.engine.environment import terminable_forks
+signal.signal(signal.SIGTERM, lambda *_: print("handled by the job", flush=True))
+terminable_forks()
+child = os.fork()
+if child == 0:
+    time.sleep(60)
+    os._exit(0)
+time.sleep(0.5)
+os.kill(child, signal.SIGTERM)
+os.kill(os.getpid(), signal.SIGTERM)
+_, status = os.waitpid(child, 0)
+print("child", os.WTERMSIG(status) if os.WIFSIGNALED(status) else "exited")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:2] == ["handled by the job", "child 15"]

@@ -30,7 +30,10 @@ def main(cfg: DictConfig) -> None:
               f"into {cfg.out}")
         return
     print(f"QA of {len(summary.flags)} subjects from {cfg.labels_dir}")
-    print(f"  sheets rendered now: {len(summary.rendered)} (up to date: {len(summary.renders) - len(summary.rendered)})")
+    kept = len(summary.renders) - len(summary.rendered) - len(summary.rewritten)
+    print(f"  sheets rendered now: {len(summary.rendered)} (up to date: {kept})")
+    if summary.rewritten:
+        print(f"  sheets given the whole cohort's flags from their shard's frames: {len(summary.rewritten)}")
     print(f"  subjects with QA flags: {flagged}; flags table: {cfg.out}/flags.csv")
     for error in summary.errors:
         print(f"  error: {error}")

@@ -8,7 +8,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from annotation_loop.qa.sheet_layout import SheetText, compose_sheet, coronal_ct_slice
 from annotation_loop.qa.flag_cohort import compute_flags, qa_config
+from annotation_loop.qa.frames import Frame, load_frame, save_frame
 from annotation_loop.qa.grids import GridLayout, write_grids
 from annotation_loop.qa.groups import ClassGroup, groups_from_config
 from annotation_loop.qa.meshing import ClassMesh, VoxelGrid, mesh_classes
@@ -60,6 +61,7 @@ class RenderSummary:
     grids: list[Path]
     rendered: list[str]  # subjects rendered by this call (the others were up to date)
     errors: list[str]
+    rewritten: list[str] = field(default_factory=list)  # a merge: shard sheets given the cohort's flags, not redrawn
 
 
 def class_colours() -> dict[int, tuple[int, int, int]]:
@@ -110,14 +112,18 @@ def _settings_key(cfg: DictConfig) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def _up_to_date(previous: pd.DataFrame, subject: str, path: Path, flags: str, settings: str, out: Path) -> bool:
+def _drawn_from(previous: pd.DataFrame, subject: str, path: Path, settings: str, out: Path) -> bool:
+    """Whether the subject's sheet shows this label file (same size, time and a recorded hash) at these settings."""
     if subject not in previous.index or not (out / "subjects" / f"{subject}.png").exists():
         return False
     row = previous.loc[subject]
     stat = path.stat()
     return (int(row["labels_mtime_ns"]) == stat.st_mtime_ns and int(row["labels_size"]) == stat.st_size
-            and str(row.get("labels_sha256", "")) != "" and str(row["flags"]) == flags
-            and str(row["settings"]) == settings)
+            and str(row.get("labels_sha256", "")) != "" and str(row["settings"]) == settings)
+
+
+def _up_to_date(previous: pd.DataFrame, subject: str, path: Path, flags: str, settings: str, out: Path) -> bool:
+    return _drawn_from(previous, subject, path, settings, out) and str(previous.loc[subject, "flags"]) == flags
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
@@ -176,9 +182,14 @@ def _render_cohort(labels_dir, out_dir, cfg: DictConfig, subject_ids, progress: 
     todo = [s for s in flags.subject_id
             if cfg.overwrite or not _up_to_date(previous, s, nifti_path(labels_dir, s), flag_text[s], settings, out)]
     records = {s: previous.loc[s].to_dict() for s in flags.subject_id if s in previous.index and s not in todo}
+    rewritten: list[str] = []
+    if shard.whole and not cfg.overwrite:  # the merge: a shard's frame gets the whole cohort's flags, not redrawn
+        left = _rewrite_headers(todo, previous, labels_dir, out, groups, flag_text, settings, records, cfg)
+        rewritten, todo = [s for s in todo if s not in left], left
     errors: list[str] = []
     if todo:
-        _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, records, errors, progress)
+        _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, records, errors, progress,
+                     keep_frames=not shard.whole)
     renders = pd.DataFrame([{"subject_id": s, **records[s]} for s in flags.subject_id if s in records],
                            columns=RENDER_COLUMNS)
     if not shard.whole:
@@ -187,10 +198,31 @@ def _render_cohort(labels_dir, out_dir, cfg: DictConfig, subject_ids, progress: 
     write_table(renders, out / RENDERS_CSV)
     layout = GridLayout(**OmegaConf.to_container(cfg.grid, resolve=True))
     grids = write_grids(out / "subjects", flags[flags.subject_id.isin(records)], out / "grids", layout)
-    return RenderSummary(renders, flags, grids, [s for s in todo if s in records], errors)
+    return RenderSummary(renders, flags, grids, [s for s in todo if s in records], errors, rewritten)
 
 
-def _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, records, errors, progress) -> None:
+def _rewrite_headers(todo: list[str], previous: pd.DataFrame, labels_dir: Path, out: Path, groups, flag_text: dict,
+                     settings: str, records: dict, cfg: DictConfig) -> list[str]:
+    """Sheets drawn by a shard from the same label file and settings whose flags changed once the whole cohort
+    was judged: written again from the shard's stored frame with the new flags. Returns the subjects left to
+    render."""
+    left = []
+    for subject in todo:
+        path = nifti_path(labels_dir, subject)
+        frame = (load_frame(out, subject, str(previous.loc[subject, "labels_sha256"]))
+                 if _drawn_from(previous, subject, path, settings, out) else None)
+        if frame is None:
+            left.append(subject)
+            continue
+        row = previous.loc[subject]
+        records[subject] = _write_sheet(subject, frame, path, out, groups, flag_text[subject], settings,
+                                        int(cfg.render.thumb_height), int(row["n_classes"]),
+                                        float(row["mesh_seconds"]), time.perf_counter())
+    return left
+
+
+def _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, records, errors, progress,
+                 keep_frames: bool) -> None:
     render = OmegaConf.to_container(cfg.render, resolve=True)
     images_dir = str(cfg.images_dir) if cfg.get("images_dir") else None
     renderer = SheetRenderer(len(groups), views_from_config(render["views"]), style_from_config(cfg.render))
@@ -207,7 +239,7 @@ def _render_todo(todo, labels_dir, out, cfg, groups, flag_text, settings, record
                 continue
             records[meshed.subject_id] = _render_one(meshed, nifti_path(labels_dir, meshed.subject_id), out,
                                                      renderer, groups, colours, flag_text[meshed.subject_id],
-                                                     settings, int(render["thumb_height"]))
+                                                     settings, int(render["thumb_height"]), keep_frames)
     finally:
         renderer.close()
 
@@ -229,14 +261,25 @@ def _meshed_in_order(paths: list[str], args: tuple, workers: int):
 
 
 def _render_one(meshed: MeshedSubject, labels_path: Path, out: Path, renderer: SheetRenderer, groups, colours,
-                flags: str, settings: str, thumb_height: int) -> dict:
+                flags: str, settings: str, thumb_height: int, keep_frame: bool) -> dict:
+    """Render the subject's views and write its sheet; ``keep_frame``: store the frame for the merge (a shard)."""
     start = time.perf_counter()
-    frame, panels = renderer.render(meshed.group_meshes, colours)
+    image, panels = renderer.render(meshed.group_meshes, colours)
     note = f"{meshed.n_classes} classes" + (", CT coronal slice" if meshed.ct_slice is not None else ", labels only")
-    sheet = compose_sheet(frame, panels, [g.name for g in groups], SheetText(meshed.subject_id, flags, note),
-                          meshed.ct_slice)
-    sheet_path = out / "subjects" / f"{meshed.subject_id}.png"
-    thumb_path = out / "thumbs" / f"{meshed.subject_id}.png"
+    frame = Frame(image, panels, note, meshed.ct_slice, meshed.labels_sha256)
+    if keep_frame:
+        save_frame(out, meshed.subject_id, frame)
+    return _write_sheet(meshed.subject_id, frame, labels_path, out, groups, flags, settings, thumb_height,
+                        meshed.n_classes, meshed.mesh_seconds, start)
+
+
+def _write_sheet(subject_id: str, frame: Frame, labels_path: Path, out: Path, groups, flags: str, settings: str,
+                 thumb_height: int, n_classes: int, mesh_seconds: float, start: float) -> dict:
+    """The sheet and thumbnail of a rendered frame with its header, and the subject's render record."""
+    sheet = compose_sheet(frame.image, frame.panels, [g.name for g in groups], SheetText(subject_id, flags, frame.note),
+                          frame.ct_slice)
+    sheet_path = out / "subjects" / f"{subject_id}.png"
+    thumb_path = out / "thumbs" / f"{subject_id}.png"
     _save_png(sheet, sheet_path)
     thumb = sheet.copy()
     thumb.thumbnail((10 * thumb_height, thumb_height), Image.LANCZOS)
@@ -246,13 +289,13 @@ def _render_one(meshed: MeshedSubject, labels_path: Path, out: Path, renderer: S
         "sheet": str(sheet_path.relative_to(out)),
         "thumb": str(thumb_path.relative_to(out)),
         "labels_file": str(labels_path.resolve()),
-        "labels_sha256": meshed.labels_sha256,
+        "labels_sha256": frame.labels_sha256,
         "labels_mtime_ns": stat.st_mtime_ns,
         "labels_size": stat.st_size,
         "flags": flags,
         "settings": settings,
-        "n_classes": meshed.n_classes,
-        "mesh_seconds": round(meshed.mesh_seconds, 3),
+        "n_classes": n_classes,
+        "mesh_seconds": round(mesh_seconds, 3),
         "render_seconds": round(time.perf_counter() - start, 3),
         "rendered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

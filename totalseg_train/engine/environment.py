@@ -8,6 +8,7 @@ nnU-Net reads its settings from environment variables. Its folders are read when
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +47,22 @@ def configure_nnunet(cfg: DictConfig) -> None:
     for path in nnunet_folders(cfg).values():
         path.mkdir(parents=True, exist_ok=True)
     os.environ.update(nnunet_environment(cfg))
+    terminable_forks()
+
+
+_FORK_HOOK: list[bool] = []
+
+
+def terminable_forks() -> None:
+    """Forked children (nnU-Net's fork pools) start with the default SIGTERM action.
+
+    A submitit job (a cluster or ``hydra/launcher=local`` job) handles SIGTERM itself, to requeue the job, and
+    a forked child inherits that handler, so ``Pool.terminate()`` cannot stop its workers: nnU-Net's planning
+    then hung for good in the pool's ``join`` whenever a worker still waited for a task (seen in a local
+    two-part sweep). The job's own process keeps submitit's handler."""
+    if not _FORK_HOOK:
+        os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+        _FORK_HOOK.append(True)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from totalseg_train import classes
 from totalseg_train.atomic import TMP_MARK, remove_stale_temporaries, write_table
 from totalseg_train.console import captured, stage_log, terminal
-from totalseg_train.engine.environment import TRAINER_DIR, scoped_environment, torch_device
+from totalseg_train.engine.environment import TRAINER_DIR, scoped_environment, terminable_forks, torch_device
 from totalseg_train.engine.manifest import PartModel, TrainedModel, read_model_manifest
 from totalseg_train.engine.training import FINAL_CHECKPOINT, FOLD, set_torch_threads
 from totalseg_train.images import (NIFTI_SUFFIX, Geometry, check_nifti_complete, nifti_path, read_image,
@@ -174,6 +174,7 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
     output on the console (default: the config's ``verbose``, else false: in a Hydra stage run it goes to the
     run's ``nnunet.log``; see ``totalseg_train.console``).
     """
+    terminable_forks()  # a prediction inside a cluster job (statistics model=)
     trained = read_model_manifest(model)
     untrained = trained.untrained_parts()
     if untrained:
