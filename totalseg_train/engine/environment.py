@@ -7,6 +7,7 @@ nnU-Net reads its settings from environment variables. Its folders are read when
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Iterator, Mapping
@@ -50,9 +51,7 @@ def configure_nnunet(cfg: DictConfig) -> None:
     terminable_forks()
 
 
-_FORK_HOOK: list[bool] = []
-
-
+@functools.cache  # the hook is registered once per process
 def terminable_forks() -> None:
     """Forked children (nnU-Net's fork pools) start with the default SIGTERM action.
 
@@ -60,9 +59,7 @@ def terminable_forks() -> None:
     a forked child inherits that handler, so ``Pool.terminate()`` cannot stop its workers: nnU-Net's planning
     then hung for good in the pool's ``join`` whenever a worker still waited for a task (seen in a local
     two-part sweep). The job's own process keeps submitit's handler."""
-    if not _FORK_HOOK:
-        os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
-        _FORK_HOOK.append(True)
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 @contextmanager
