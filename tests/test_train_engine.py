@@ -302,3 +302,23 @@ def test_cfg_job_prints_the_resolved_experiment(tmp_path):
     assert cfg.model.name == "highres" and cfg.model.configuration == "3d_fullres_highres" and cfg.part == "ribs"
     assert cfg.split.file == f"{tmp_path}/nnunet/split.json"
     assert not (tmp_path / "nnunet").exists()
+
+
+def test_progress_png_is_drawn_after_the_first_and_last_epoch_and_otherwise_at_most_every_30_s(tiny_run, tmp_path,
+                                                                                               monkeypatch):
+    from totalseg_train.engine import trainers
+
+    fold = tiny_run / "nnunet" / "results" / "Dataset390_tiny" / MODEL / "fold_0"
+    assert (fold / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    trainer = object.__new__(trainers.nnUNetTrainerTotalSeg)  # the throttle alone: no plans, no network
+    drawn, clock = [], [1000.0]
+    trainer._plot_in_place = lambda folder: (drawn.append(trainer.current_epoch),
+                                             (Path(folder) / "progress.png").write_bytes(b"png"))
+    trainer._plotted_at, trainer.num_epochs = float("-inf"), 6
+    monkeypatch.setattr(trainers.time, "monotonic", lambda: clock[0])
+    for epoch, seconds in enumerate([5, 5, 25, 5, 5, 5]):  # epochs end at 1005, 1010, 1035, 1040, 1045, 1050 s
+        clock[0] += seconds
+        trainer.current_epoch = epoch
+        trainer._plot_progress_atomically(str(tmp_path))
+    assert drawn == [0, 2, 5] and trainers.PROGRESS_PLOT_EVERY_S == 30.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["progress.png"]  # no scratch folder left
