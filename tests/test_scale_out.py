@@ -220,3 +220,24 @@ print("child", os.WTERMSIG(status) if os.WIFSIGNALED(status) else "exited")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[:2] == ["handled by the job", "child 15"]
+
+
+def test_the_job_that_writes_the_last_part_merges_and_a_stage_returns_what_it_asks_for(tmp_path):
+    from totalseg_train.shards import Shard, run_sharded
+
+    calls = []
+
+    def work(shard: Shard) -> str:
+        held = sorted(p.name.split(".")[-2] for p in tmp_path.parent.glob(f".{tmp_path.name}.*.lock") if p.read_text())
+        calls.append((shard.name, held))
+        if not shard.whole:
+            shard.part(tmp_path, "rows", ".csv").parent.mkdir(exist_ok=True)
+            shard.part(tmp_path, "rows", ".csv").write_text(shard.name)
+        return shard.name
+
+    assert run_sharded(work, Shard(1, 2), tmp_path, "qa", "rows") == "1of2"  # shard 0 has not written its part
+    assert run_sharded(work, Shard(0, 2), tmp_path, "qa", "rows") == "0of1"  # the last part: this job merged
+    assert run_sharded(work, Shard(0, 2), tmp_path, "qa", "rows", return_merged=False) == "0of2"
+    assert [name for name, _ in calls] == ["1of2", "0of2", "0of1", "0of2", "0of1"]
+    # Under one lock each time: the shard's (shards run side by side), or the stage's for the merge.
+    assert [held for _, held in calls] == [["qa-shard-1-of-2"], ["qa-shard-0-of-2"], ["qa"], ["qa-shard-0-of-2"], ["qa"]]

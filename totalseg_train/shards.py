@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from totalseg_train.stage_lock import stage_lock
+
+Result = TypeVar("Result")
 
 PARTS_DIR = "shards"
 
@@ -92,3 +97,22 @@ def input_key(files: Iterable[str | Path | None], settings: object) -> str:
             stat = None
         states.append((stat.st_size, stat.st_mtime_ns) if stat else (-1, -1))
     return json.dumps([states, settings], sort_keys=True, default=str)
+
+
+def run_sharded(work: Callable[[Shard], Result], shard: Shard, out_dir: str | Path, stage: str, part_stem: str,
+                part_suffix: str = ".csv", return_merged: bool = True) -> Result:
+    """Run a stage's ``work`` for ``shard`` under the stage's lock of that shard (the shards of a sweep run side by
+    side, each once; the whole cohort takes the stage's own lock). The job that then finds every part
+    (``part_stem`` + ``part_suffix``) of its sweep written merges: ``work(Shard())`` under the stage's lock,
+    waiting for a job finishing at the same moment (which then finds the work done). Returns the merge's
+    result, or the shard's where it did not merge or ``return_merged`` is false."""
+    if shard.whole:
+        with stage_lock(out_dir, stage):
+            return work(shard)
+    with stage_lock(out_dir, shard.lock(stage)):
+        result = work(shard)
+    if not shard.sweep_done(out_dir, part_stem, part_suffix):
+        return result
+    with stage_lock(out_dir, stage, wait=True):
+        merged = work(Shard())
+    return merged if return_merged else result

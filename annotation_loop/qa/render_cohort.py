@@ -31,8 +31,7 @@ from totalseg_train.atomic import atomic_path, write_table
 from totalseg_train.checksums import file_sha256
 from totalseg_train.images import ImageFileError, nifti_path, subject_id_of
 from totalseg_train.label_maps import read_label_map
-from totalseg_train.shards import Shard, part_files
-from totalseg_train.stage_lock import stage_lock
+from totalseg_train.shards import Shard, part_files, run_sharded
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +148,8 @@ def render_subjects(
     """
     cfg = qa_config(cfg)
     shard = shard if shard is not None else Shard.from_config(cfg.get("shard"))
-    if shard.whole:
-        with stage_lock(out_dir, "qa"):
-            return _render_cohort(labels_dir, out_dir, cfg, subject_ids, progress, shard)
-    with stage_lock(out_dir, shard.lock("qa")):
-        summary = _render_cohort(labels_dir, out_dir, cfg, subject_ids, progress, shard)
-    if not shard.sweep_done(out_dir, RENDERS_PART, ".csv"):
-        return summary
-    # The last shard of the sweep merges; one finishing at the same moment waits, then finds it done.
-    with stage_lock(out_dir, "qa", wait=True):
-        return _render_cohort(labels_dir, out_dir, cfg, subject_ids, progress, Shard())
+    return run_sharded(lambda part: _render_cohort(labels_dir, out_dir, cfg, subject_ids, progress, part), shard,
+                       out_dir, "qa", RENDERS_PART)
 
 
 def _previous_renders(out: Path) -> pd.DataFrame:

@@ -27,8 +27,7 @@ from totalseg_train.evaluate.scores import score_pair
 from totalseg_train.evaluate.settings import evaluation_defaults
 from totalseg_train.images import NIFTI_SUFFIX, nifti_path, subject_id_of
 from totalseg_train.label_maps import LabelFileError
-from totalseg_train.shards import Shard, input_key, part_files
-from totalseg_train.stage_lock import stage_lock
+from totalseg_train.shards import Shard, input_key, part_files, run_sharded
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +117,7 @@ def evaluate_folders(
     scoring only the subjects no part holds for the files as they are now).
     """
     args = (gt_dir, pred_dir, out_dir, tolerance_mm, workers, subjects, resample, bootstrap, progress, class_ids)
-    if shard.whole:
-        with stage_lock(out_dir, "evaluate"):
-            return _evaluate(*args, shard)
-    with stage_lock(out_dir, shard.lock("evaluate")):
-        summary = _evaluate(*args, shard)
-    if not shard.sweep_done(out_dir, RESULTS_PART, ".csv"):
-        return summary
-    # The last shard of the sweep merges; one finishing at the same moment waits, then finds it done.
-    with stage_lock(out_dir, "evaluate", wait=True):
-        return _evaluate(*args, Shard())
+    return run_sharded(lambda part: _evaluate(*args, part), shard, out_dir, "evaluate", RESULTS_PART)
 
 
 def _stored_results(out_dir: Path, keys: dict[str, str]) -> dict[str, SubjectResult]:

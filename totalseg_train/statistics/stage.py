@@ -25,10 +25,9 @@ from tqdm import tqdm
 from totalseg_train.atomic import write_table
 from totalseg_train.evaluate.folders import list_subjects
 from totalseg_train.images import nifti_path
-from totalseg_train.shards import Shard
+from totalseg_train.shards import Shard, run_sharded
 from totalseg_train.statistics.inputs import HuCheck, StatisticsInputError, read_subject
 from totalseg_train.statistics.measures import structure_statistics
-from totalseg_train.stage_lock import stage_lock
 
 log = logging.getLogger(__name__)
 
@@ -150,16 +149,8 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     """Measure the subjects of the shard (all without one); returns the run table (one row per subject). One
     run at a time per shard: the shards of a sweep run side by side, and the one that finds every shard's
     run table written gathers statistics.parquet (a run without a shard gathers too)."""
-    shard = Shard.from_config(cfg.get("shard"))
-    if shard.whole:
-        with stage_lock(cfg.out, "statistics"):
-            return _run(cfg, shard)
-    with stage_lock(cfg.out, shard.lock("statistics")):
-        report = _run(cfg, shard)
-    if shard.sweep_done(cfg.out, RUN_PART, ".csv"):
-        with stage_lock(cfg.out, "statistics", wait=True):
-            _run(cfg, Shard())  # every subject is done: reused and gathered
-    return report
+    return run_sharded(lambda part: _run(cfg, part), Shard.from_config(cfg.get("shard")), cfg.out, "statistics",
+                       RUN_PART, return_merged=False)  # a shard's own report; the merge gathers statistics.parquet
 
 
 def _run(cfg: DictConfig, shard: Shard) -> pd.DataFrame:
