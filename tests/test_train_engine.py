@@ -151,38 +151,50 @@ def test_wandb_offline_run_files_hold_the_logged_losses_config_and_test_summary(
     assert "test/overall/dice/mean" in summary
 
 
-def test_predict_a_single_nifti_with_probabilities_on_its_own_grid(tiny_run, tmp_path):
+def test_predict_a_single_nifti_on_its_own_grid_with_entropy_at_the_models_spacing(tiny_run, tmp_path):
     source = sitk.ReadImage(str(tiny_run / "curated" / "images" / f"{read_split(tiny_run)['train'][0]}.nii.gz"))
     cropped = source[10:70, 15:75, 5:40]  # another grid than any training image: origin and size differ
     image = tmp_path / "in" / "crop1.nii.gz"
     image.parent.mkdir()
     sitk.WriteImage(cropped, str(image))
     out = tmp_path / "out"
-    result = predict(tiny_run / "results" / "tiny", image, out, save_probabilities=True, device="cpu", workers=1,
+    result = predict(tiny_run / "results" / "tiny", image, out, uncertainty=True, device="cpu", workers=1,
                      progress=False, threads=1)
     assert result == {"crop1": out / "crop1.nii.gz"}
     label = sitk.ReadImage(str(result["crop1"]))
     assert Geometry.of_image(label).matches(Geometry.of_image(cropped))
     labels = sitk.GetArrayFromImage(label)
-    with np.load(out / "probabilities" / "all" / "crop1.npz") as data:
-        probabilities = data["probabilities"]
-    assert probabilities.shape == (105, *labels.shape)
-    assert np.array_equal(labels, probabilities.argmax(axis=0))  # "all": local ids are v1 ids
     entropy = pd.read_csv(out / "entropy.csv")
-    counts = np.bincount(labels.ravel(), minlength=classes.num_classes() + 1)
-    assert dict(zip(entropy.class_id, entropy.n_voxels)) == {i: int(c) for i, c in enumerate(counts) if i and c}
+    assert set(entropy.subject_id) == {"crop1"} and list(entropy.part.unique()) == ["all"]
+    # The table counts voxels at tiny's 10 mm; the label map is the same prediction brought to the 6 x 6 x 5 mm
+    # grid (nearest neighbour, every 10 mm voxel lands on at least one image voxel).
+    assert set(entropy.class_id) == set(np.unique(labels)) - {0}
+    image_mm3 = float(np.prod(cropped.GetSpacing())) * np.count_nonzero(labels)
+    assert entropy.n_voxels.sum() * 1000.0 == pytest.approx(image_mm3, rel=0.15)
     assert (entropy.mean_entropy >= 0).all() and (entropy.mean_entropy <= np.log(105) + 1e-6).all()
-    assert set(entropy.subject_id) <= {"crop1"}
-    # uncertainty=True: the same labels and entropy table from the softmax in memory, no .npz kept.
-    in_memory = tmp_path / "in_memory"
-    predict(tiny_run / "results" / "tiny", image, in_memory, uncertainty=True, device="cpu", workers=1,
-            progress=False, threads=1)
-    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(in_memory / "crop1.nii.gz"))), labels)
-    assert not (in_memory / "probabilities").exists()
-    from_memory = pd.read_csv(in_memory / "entropy.csv")
-    assert list(from_memory.class_id) == list(entropy.class_id)
-    assert list(from_memory.n_voxels) == list(entropy.n_voxels)
-    assert np.allclose(from_memory.mean_entropy, entropy.mean_entropy, atol=1e-5)
+    assert not [p for p in out.rglob("*") if p.suffix in (".npz", ".pkl")]
+
+
+def test_a_label_map_brought_back_from_the_models_spacing_lands_on_the_images_voxels(tiny_run):
+    """nnU-Net's preprocessing of a truth label map (crop, axis order, 10 mm) and back to the image's array."""
+    from totalseg_train.engine.inference import labels_on_image_grid, part_predictor
+    from totalseg_train.engine.manifest import read_model_manifest
+
+    subject = read_split(tiny_run)["test"][0]
+    predictor = part_predictor(read_model_manifest(tiny_run / "results" / "tiny").parts[0], 1.0, torch.device("cpu"))
+    truth_file = tiny_run / "truth_labels" / f"{subject}.nii.gz"
+    _, seg, properties = predictor.configuration_manager.preprocessor_class(verbose=False).run_case(
+        [str(tiny_run / "curated" / "images" / f"{subject}.nii.gz")], str(truth_file), predictor.plans_manager,
+        predictor.configuration_manager, predictor.dataset_json)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_file)))
+    assert seg.shape[1:] != truth.shape  # at 10 mm
+    back = labels_on_image_grid(np.clip(seg[0], 0, None).astype(np.uint8), properties, predictor.plans_manager,
+                                predictor.configuration_manager)
+    assert back.shape == truth.shape and back.dtype == np.uint8
+    largest = np.argsort(np.bincount(truth.ravel(), minlength=105)[1:])[::-1][:5] + 1
+    for c in largest:
+        dice = 2 * np.count_nonzero((back == c) & (truth == c)) / (np.count_nonzero(back == c) + np.count_nonzero(truth == c))
+        assert dice > 0.85, (int(c), dice)
 
 
 def test_a_seeded_training_repeats_exactly(tiny_run, tmp_path):

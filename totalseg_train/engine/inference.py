@@ -1,10 +1,12 @@
 """Predict CT images with a trained experiment: v1 label maps on each input's grid.
 
-Every part model predicts with nnU-Net's predictor (no mirroring: left and right are separate classes);
-the part-local labels are mapped to v1 ids and merged into one label map per subject, written when
-complete. With ``uncertainty`` a per-class entropy table (``entropy.csv``) is written for uncertainty
-ranking, computed from the softmax in memory; with ``save_probabilities`` the parts' softmax outputs
-(nnU-Net's .npz, 4 bytes per class and voxel) are also kept under ``probabilities/<part>/``.
+Every part model predicts with nnU-Net's predictor (no mirroring: left and right are separate classes),
+on nnU-Net's preprocessing of the image to the model's spacing. As TotalSegmentator does, the label map
+is taken at the model's spacing and brought back to the image's grid (nearest neighbour): nnU-Net's own
+export resamples the logits of every class instead (105 channels, about 30 % of a prediction's time). The
+part-local labels are mapped to v1 ids and merged into one label map per subject, written when complete.
+With ``uncertainty`` a per-class entropy table (``entropy.csv``) is written for uncertainty ranking,
+computed from the softmax at the model's spacing, in memory.
 """
 
 from __future__ import annotations
@@ -88,10 +90,29 @@ def collect_images(images: list[str | Path] | str | Path) -> list[Path]:
 
 
 def _predict_part(part: PartModel, images: list[Path], work: Path, tile_step_size: float, device: torch.device,
-                  save_probabilities: bool, uncertainty: bool, workers: int, bar: tqdm) -> dict[str, pd.DataFrame]:
-    """nnU-Net's label maps of the part in ``work``; with ``uncertainty`` (and no .npz wanted) also each
-    subject's entropy table, from the softmax in memory: writing and reading nnU-Net's compressed .npz
-    of every class took most of the prediction time. ``bar`` advances by one per image."""
+                  uncertainty: bool, workers: int, bar: tqdm) -> dict[str, pd.DataFrame]:
+    """nnU-Net's label maps of the part in ``work``; with ``uncertainty`` also each subject's entropy table.
+    ``bar`` advances by one per image."""
+    predictor = part_predictor(part, tile_step_size, device)
+    work.mkdir(parents=True, exist_ok=True)
+    writer = predictor.plans_manager.image_reader_writer_class()
+    tables = {}
+    for item in _preprocessed(predictor, images, work, workers):
+        logits = predictor.predict_logits_from_preprocessed_data(item["data"]).cpu()
+        labels, probabilities = labels_at_model_spacing(predictor.label_manager, logits, uncertainty)
+        del logits
+        properties = item["data_properties"]
+        writer.write_seg(labels_on_image_grid(labels, properties, predictor.plans_manager,
+                                              predictor.configuration_manager), item["ofile"] + NIFTI_SUFFIX,
+                         properties)
+        if uncertainty:
+            tables[Path(item["ofile"]).name] = entropy_by_class(probabilities, labels, part.to_global())
+        bar.update(1)
+    return tables
+
+
+def part_predictor(part: PartModel, tile_step_size: float, device: torch.device):
+    """nnU-Net's predictor of a trained part model (final checkpoint of fold 0, no mirroring)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     # No bar of nnU-Net's own (sliding-window steps of each image): ours counts images, one bar per stage.
@@ -101,33 +122,58 @@ def _predict_part(part: PartModel, images: list[Path], work: Path, tile_step_siz
     with scoped_environment({"nnUNet_extTrainer": os.environ.get("nnUNet_extTrainer") or str(TRAINER_DIR)}):
         predictor.initialize_from_trained_model_folder(str(part.folder), use_folds=(FOLD,),
                                                        checkpoint_name=FINAL_CHECKPOINT)
+    return predictor
+
+
+def _preprocessed(predictor, images: list[Path], work: Path, workers: int):
+    """nnU-Net's preprocessing of each image (its dict: data, data_properties, ofile), in ``workers`` background
+    processes, or in this process for ``workers`` <= 1 (no worker start-up, which dominates for a few images)."""
+    from nnunetv2.inference.data_iterators import preprocessing_iterator_fromfiles
+
     inputs, outputs = [[str(p)] for p in images], [str(work / subject_id_of(p)) for p in images]
-    work.mkdir(parents=True, exist_ok=True)
-    if uncertainty and not save_probabilities:
-        reader = predictor.plans_manager.image_reader_writer_class()
-        tables = {}
-        for image, output in zip(images, outputs):
-            data, properties = reader.read_images([str(image)])
-            labels, probabilities = predictor.predict_single_npy_array(data, properties, None, None, True)
-            reader.write_seg(labels, output + NIFTI_SUFFIX, properties)
-            tables[subject_id_of(image)] = entropy_by_class(probabilities, labels, part.to_global())
-            bar.update(1)
-        return tables
-    if workers <= 1:  # in this process: no worker start-up, which dominates for a few images
-        for one_input, output in zip(inputs, outputs):
-            predictor.predict_from_files_sequential([one_input], [output], save_probabilities=save_probabilities)
-            bar.update(1)
-    else:
-        predictor.predict_from_files(inputs, outputs, save_probabilities=save_probabilities, overwrite=True,
-                                     num_processes_preprocessing=workers, num_processes_segmentation_export=workers)
-        bar.update(len(images))
-    return {}
+    if workers > 1 and len(images) > 1:
+        yield from preprocessing_iterator_fromfiles(inputs, None, outputs, predictor.plans_manager,
+                                                    predictor.dataset_json, predictor.configuration_manager, workers)
+        return
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    for one_input, output in zip(inputs, outputs):
+        data, _, properties = preprocessor.run_case(one_input, None, predictor.plans_manager,
+                                                    predictor.configuration_manager, predictor.dataset_json)
+        yield {"data": torch.from_numpy(data).to(dtype=torch.float32, memory_format=torch.contiguous_format),
+               "data_properties": properties, "ofile": output}
 
 
-def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path, save_probabilities: bool,
+def labels_at_model_spacing(label_manager, logits: torch.Tensor,
+                            with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Part-local label map (and, if asked, the softmax: classes on axis 0) at the model's spacing."""
+    if not with_probabilities:
+        return np.asarray(label_manager.convert_logits_to_segmentation(logits), dtype=np.uint8), None
+    probabilities = label_manager.apply_inference_nonlin(logits)
+    labels = np.asarray(label_manager.convert_probabilities_to_segmentation(probabilities), dtype=np.uint8)
+    return labels, np.asarray(probabilities, dtype=np.float32)
+
+
+def labels_on_image_grid(labels: np.ndarray, properties: dict, plans_manager, configuration_manager) -> np.ndarray:
+    """A label map at the model's spacing brought back to the image's array (nnU-Net's axis order undone):
+    resampled nearest neighbour to the cropped region's shape with nnU-Net's resampling, put into the
+    uncropped image."""
+    from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+
+    image_spacing = [properties["spacing"][i] for i in plans_manager.transpose_forward]
+    cropped_shape = properties["shape_after_cropping_and_before_resampling"]
+    model_spacing = (configuration_manager.spacing if len(configuration_manager.spacing) == len(cropped_shape)
+                     else [image_spacing[0], *configuration_manager.spacing])
+    resampled = resample_data_or_seg_to_shape(labels[None], cropped_shape, model_spacing, image_spacing,
+                                              is_seg=True, order=0, order_z=0)[0]
+    full = np.zeros(properties["shape_before_cropping"], dtype=np.uint8)
+    full = insert_crop_into_image(full, resampled.astype(np.uint8), properties["bbox_used_for_cropping"])
+    return np.asarray(full).transpose(plans_manager.transpose_backward)
+
+
+def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path,
                    entropy_tables: dict[str, dict[str, pd.DataFrame]]) -> tuple[Path, pd.DataFrame | None]:
-    """Merge the parts' label maps; the entropy tables come from memory (``entropy_tables[part][sid]``) or
-    from the parts' kept .npz."""
+    """Merge the parts' label maps; the entropy table from the parts' tables (``entropy_tables[part][sid]``)."""
     sid = subject_id_of(image)
     loaded = [(read_image(nifti_path(work / p.part, sid)), p) for p in model.parts]
     reference = loaded[0][0]
@@ -143,23 +189,12 @@ def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path, 
     if all(sid in entropy_tables.get(p.part, {}) for p in model.parts):
         entropy = pd.concat([entropy_tables[p.part][sid].assign(subject_id=sid, part=p.part) for p in model.parts],
                             ignore_index=True)
-    elif save_probabilities:
-        tables = []
-        for im, p in loaded:
-            npz = work / p.part / f"{sid}.npz"
-            with np.load(npz) as data:
-                table = entropy_by_class(data["probabilities"], sitk.GetArrayViewFromImage(im), p.to_global())
-            tables.append(table.assign(subject_id=sid, part=p.part))
-            kept = out_dir / "probabilities" / p.part / f"{sid}.npz"
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(npz, kept)
-        entropy = pd.concat(tables, ignore_index=True)
     write_image(label, target)
     return target, entropy
 
 
 def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Path, out_dir: str | Path,
-            save_probabilities: bool = False, device: str | None = None, workers: int | None = None,
+            device: str | None = None, workers: int | None = None,
             overwrite: bool = False, progress: bool = True, threads: int | None = None,
             uncertainty: bool = False, verbose: bool | None = None) -> dict[str, Path]:
     """Predict v1 label maps for the images with a trained model (a config, a model folder or model.json).
@@ -169,8 +204,7 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
     (default: the config's, else cuda when available); ``workers``: nnU-Net's pre/post-processing
     processes (default: the config's, else 2; 0 or 1: all in this process); ``threads``: torch threads (default: the config's
     torch_threads, else nnU-Net's choice). ``uncertainty``: write ``entropy.csv`` (per subject and predicted
-    class: voxels, mean softmax entropy), one subject at a time in memory; ``save_probabilities`` also
-    keeps nnU-Net's .npz softmax files (and computes the table from them). ``verbose``: nnU-Net's console
+    class: voxels at the model's spacing, mean softmax entropy), one subject at a time in memory. ``verbose``: nnU-Net's console
     output on the console (default: the config's ``verbose``, else false: in a Hydra stage run it goes to the
     run's ``nnunet.log``; see ``totalseg_train.console``).
     """
@@ -190,7 +224,7 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
     remove_stale_temporaries(out_dir)
     done = {subject_id_of(p): nifti_path(out_dir, subject_id_of(p)) for p in files}
     todo = [p for p in files if overwrite or not done[subject_id_of(p)].is_file()
-            or ((save_probabilities or uncertainty) and not _has_entropy(out_dir, subject_id_of(p)))]
+            or (uncertainty and not _has_entropy(out_dir, subject_id_of(p)))]
     if not todo:
         return done
     # nnU-Net reads its default process count once, at its first import: match it to ``workers`` if unset.
@@ -206,10 +240,10 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
             for part in trained.parts:
                 log.info("predicting %d image(s) with the %s part model", len(todo), part.part)
                 tables[part.part] = _predict_part(part, todo, work / part.part, trained.tile_step_size, torch_dev,
-                                                  save_probabilities, uncertainty, workers, bar)
+                                                  uncertainty, workers, bar)
         entropy = []
         for image in todo:
-            _, table = _merge_subject(trained, work, image, out_dir, save_probabilities, tables)
+            _, table = _merge_subject(trained, work, image, out_dir, tables)
             if table is not None:
                 entropy.append(table)
     if entropy:
