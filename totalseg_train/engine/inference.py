@@ -171,24 +171,39 @@ def labels_on_image_grid(labels: np.ndarray, properties: dict, plans_manager, co
     return np.asarray(full).transpose(plans_manager.transpose_backward)
 
 
-def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path,
+def _parts_for(model: TrainedModel, class_ids: list[int] | None) -> tuple[tuple[PartModel, ...], np.ndarray | None]:
+    """The part models that predict any of ``class_ids`` (all without), and the ids to keep (None: all)."""
+    if class_ids is None:
+        return model.parts, None
+    missing = sorted(set(class_ids) - set(model.class_ids()))
+    if missing:
+        raise ValueError(f"{model.experiment} does not predict {', '.join(classes.by_id(i).name for i in missing)}")
+    return tuple(p for p in model.parts if set(p.v1_class_ids) & set(class_ids)), np.array(sorted(set(class_ids)))
+
+
+def _merge_subject(parts: tuple[PartModel, ...], kept: np.ndarray | None, work: Path, image: Path, out_dir: Path,
                    entropy_tables: dict[str, dict[str, pd.DataFrame]]) -> tuple[Path, pd.DataFrame | None]:
-    """Merge the parts' label maps; the entropy table from the parts' tables (``entropy_tables[part][sid]``)."""
+    """Merge the parts' label maps (only the ``kept`` classes, if given); the entropy table from the parts'
+    tables (``entropy_tables[part][sid]``)."""
     sid = subject_id_of(image)
-    loaded = [(read_image(nifti_path(work / p.part, sid)), p) for p in model.parts]
+    loaded = [(read_image(nifti_path(work / p.part, sid)), p) for p in parts]
     reference = loaded[0][0]
     expected = Geometry.of_file(image)
     if not Geometry.of_image(reference).matches(expected):
         raise RuntimeError(f"{sid}: prediction grid {Geometry.of_image(reference).describe()} differs from the "
                            f"image's {expected.describe()}")
     merged = merge_part_labels([(sitk.GetArrayFromImage(im), p.to_global()) for im, p in loaded])
+    if kept is not None:
+        merged[~np.isin(merged, kept)] = 0
     label = sitk.GetImageFromArray(merged)
     label.CopyInformation(reference)
     target = nifti_path(out_dir, sid)
     entropy = None
-    if all(sid in entropy_tables.get(p.part, {}) for p in model.parts):
-        entropy = pd.concat([entropy_tables[p.part][sid].assign(subject_id=sid, part=p.part) for p in model.parts],
+    if all(sid in entropy_tables.get(p.part, {}) for p in parts):
+        entropy = pd.concat([entropy_tables[p.part][sid].assign(subject_id=sid, part=p.part) for p in parts],
                             ignore_index=True)
+        if kept is not None:
+            entropy = entropy[entropy.class_id.isin(kept)]
     write_image(label, target)
     return target, entropy
 
@@ -196,7 +211,8 @@ def _merge_subject(model: TrainedModel, work: Path, image: Path, out_dir: Path,
 def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Path, out_dir: str | Path,
             device: str | None = None, workers: int | None = None,
             overwrite: bool = False, progress: bool = True, threads: int | None = None,
-            uncertainty: bool = False, verbose: bool | None = None) -> dict[str, Path]:
+            uncertainty: bool = False, verbose: bool | None = None,
+            class_ids: list[int] | None = None) -> dict[str, Path]:
     """Predict v1 label maps for the images with a trained model (a config, a model folder or model.json).
 
     Returns subject_id -> label map (``<out_dir>/<subject_id>.nii.gz``, on the image's grid). Subjects
@@ -206,13 +222,13 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
     torch_threads, else nnU-Net's choice). ``uncertainty``: write ``entropy.csv`` (per subject and predicted
     class: voxels at the model's spacing, mean softmax entropy), one subject at a time in memory. ``verbose``: nnU-Net's console
     output on the console (default: the config's ``verbose``, else false: in a Hydra stage run it goes to the
-    run's ``nnunet.log``; see ``totalseg_train.console``).
+    run's ``nnunet.log``; see ``totalseg_train.console``). ``class_ids``: keep only these v1 classes; only the
+    part models that hold one of them predict (ValueError for a class the model does not predict).
     """
     terminable_forks()  # a prediction inside a cluster job (statistics model=)
     trained = read_model_manifest(model)
-    untrained = trained.untrained_parts()
-    if untrained:
-        raise RuntimeError(f"{trained.experiment}: part model(s) {', '.join(untrained)} are not trained yet")
+    trained.require_trained()
+    parts, kept = _parts_for(trained, class_ids)
     cfg = model if isinstance(model, DictConfig) else None
     device_name = device or (str(cfg.device) if cfg is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     workers = int(workers if workers is not None else (cfg.workers if cfg is not None else 2))
@@ -235,15 +251,15 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
         work = Path(tmp)
         tables = {}
         # The bar opens inside the capture, on the console that terminal() keeps.
-        with captured(stage_log(verbose)), tqdm(total=len(todo) * len(trained.parts), unit="image", file=terminal(),
+        with captured(stage_log(verbose)), tqdm(total=len(todo) * len(parts), unit="image", file=terminal(),
                                                 desc=f"predicting ({trained.experiment})", disable=not progress) as bar:
-            for part in trained.parts:
+            for part in parts:
                 log.info("predicting %d image(s) with the %s part model", len(todo), part.part)
                 tables[part.part] = _predict_part(part, todo, work / part.part, trained.tile_step_size, torch_dev,
                                                   uncertainty, workers, bar)
         entropy = []
         for image in todo:
-            _, table = _merge_subject(trained, work, image, out_dir, tables)
+            _, table = _merge_subject(parts, kept, work, image, out_dir, tables)
             if table is not None:
                 entropy.append(table)
     if entropy:

@@ -21,6 +21,10 @@ from totalseg_train.engine.training import FINAL_CHECKPOINT, fold_folder, is_tra
 MANIFEST = "model.json"
 
 
+class UntrainedModel(RuntimeError):
+    """A model some of whose part models have no final checkpoint yet."""
+
+
 @dataclass(frozen=True)
 class PartModel:
     part: str
@@ -42,6 +46,11 @@ class TrainedModel:
 
     def untrained_parts(self) -> list[str]:
         return [p.part for p in self.parts if not is_trained(p.folder)]
+
+    def require_trained(self) -> None:
+        untrained = self.untrained_parts()
+        if untrained:
+            raise UntrainedModel(f"{self.experiment}: part model(s) {', '.join(untrained)} are not trained yet")
 
     def class_ids(self) -> list[int]:
         """The v1 ids the model predicts, all parts together, sorted."""
