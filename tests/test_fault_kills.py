@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import blosc2
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
@@ -34,7 +35,9 @@ def test_a_half_written_file_of_each_format_is_found(tmp_path):
     files = {"label.nii.gz": lambda p: sitk.WriteImage(image, str(p), useCompression=True),
              "table.parquet": lambda p: pd.DataFrame({"x": range(1000)}).to_parquet(p),
              "index.json": lambda p: p.write_text('{"subjects": ["s0001", "s0002"]}'),
-             "checkpoint_latest.pth": lambda p: torch.save({"weights": torch.arange(5000.0)}, p)}
+             "checkpoint_latest.pth": lambda p: torch.save({"weights": torch.arange(5000.0)}, p),
+             "s0001_seg.b2nd": lambda p: blosc2.asarray(np.arange(40000, dtype=np.int16).reshape(1, 40, 1000),
+                                                        urlpath=str(p), mode="w")}
     for name, write in files.items():
         path = tmp_path / name
         write(path)
@@ -43,7 +46,24 @@ def test_a_half_written_file_of_each_format_is_found(tmp_path):
         path.write_bytes(data[: len(data) // 2])  # what a kill during a plain write leaves
         assert fault_kills.whole(path) is not None, name
     written, broken = fault_kills.written_since(tmp_path, since=0.0)
-    assert written == 4 and sorted(broken) == sorted(files)
+    assert written == 5 and sorted(broken) == sorted(files)
+
+
+def test_preprocessed_arrays_compare_by_voxels_and_an_export_record_without_its_status(tmp_path):
+    """Two runs write one array into blosc2 containers that differ byte for byte (here: other compression
+    levels); a resumed export records its subjects as skipped. Neither is a difference; a changed voxel is."""
+    voxels = np.arange(60000, dtype=np.int16).reshape(1, 30, 40, 50) % 7
+    for name, status, level in (("a", "exported", 1), ("b", "skipped", 9), ("c", "skipped", 9)):
+        raw = tmp_path / name / "nnunet" / "raw" / "Dataset390_tiny"
+        raw.mkdir(parents=True)
+        pd.DataFrame({"subject_id": ["s0001"], "status": [status], "message": [""]}).to_csv(raw / "export.csv",
+                                                                                          index=False)
+        array = voxels.copy()
+        array[0, 1, 2, 3] += name == "c"
+        blosc2.asarray(array, urlpath=str(tmp_path / name / "s0001_seg.b2nd"), mode="w", cparams={"clevel": level})
+    a, b, c = (fault_kills.digests(tmp_path / n) for n in "abc")
+    assert (tmp_path / "a" / "s0001_seg.b2nd").read_bytes() != (tmp_path / "b" / "s0001_seg.b2nd").read_bytes()
+    assert a == b and c["s0001_seg.b2nd"] != a["s0001_seg.b2nd"]
 
 
 def test_a_difference_from_the_uninterrupted_run_is_reported():
