@@ -258,6 +258,23 @@ def test_a_killed_training_continues_from_its_latest_checkpoint_by_default(tiny_
     assert after["logging"]["epoch_start_timestamps"][1] > before["epoch_end_timestamps"][1]
 
 
+def test_a_training_killed_in_its_final_validation_validates_again_and_trains_no_more(tiny_run, tmp_path, monkeypatch):
+    """make robustness found it: a kill after the final checkpoint, during nnU-Net's final validation, left a
+    model that counted as trained and was never validated."""
+    shutil.copytree(tiny_run / "nnunet", tmp_path / "nnunet")
+    fold = tmp_path / "nnunet" / "results" / "Dataset390_tiny" / MODEL / "fold_0"
+    validated = json.loads((fold / "validation" / "summary.json").read_text())
+    final = (fold / "checkpoint_final.pth").stat().st_mtime_ns
+    (fold / "validation" / "summary.json").unlink()
+    for cut in (fold / "validation").glob("*.nii.gz"):
+        cut.write_bytes(cut.read_bytes()[:100])  # what a kill during the export leaves
+    train_model(copy_config(tiny_run, tmp_path, monkeypatch))
+    again = json.loads((fold / "validation" / "summary.json").read_text())
+    assert again["foreground_mean"] == validated["foreground_mean"]  # the same weights validated again
+    assert (fold / "checkpoint_final.pth").stat().st_mtime_ns == final
+    assert all(sitk.ReadImage(str(p)).GetSize()[2] > 1 for p in (fold / "validation").glob("*.nii.gz"))
+
+
 def test_a_model_folder_trained_with_other_settings_is_an_error_not_reused(tiny_run, tmp_path, monkeypatch):
     fold, _ = killed_copy(tiny_run, tmp_path)
     record = json.loads((fold.parent / TRAINED_WITH).read_text())

@@ -89,6 +89,11 @@ def differences(before: object, now: object, where: str = "") -> list[str]:
     return [f"{where}: {before!r} -> {now!r}"]
 
 
+def is_validated(folder: Path) -> bool:
+    """Whether nnU-Net's final validation of the trained fold finished (its summary.json is written last)."""
+    return (fold_folder(folder) / "validation" / "summary.json").is_file()
+
+
 def has_checkpoint(folder: Path) -> bool:
     """Whether a training has started in the part's model folder (any of nnU-Net's checkpoints is there)."""
     return any((fold_folder(folder) / name).is_file() for name in CHECKPOINTS)
@@ -121,7 +126,8 @@ def train_part(plan: Plan, cfg: DictConfig) -> Path:
     folder = model_folder(plan.dataset, cfg)
     remove_stale_temporaries(folder)  # a checkpoint a killed training was saving
     check_trained_with(folder, trained_with(plan, cfg))
-    if is_trained(folder):
+    validating = is_trained(folder)
+    if validating and (not cfg.model.final_validation or is_validated(folder)):
         log.info("%s is trained already (%s); delete it to train again", plan.dataset.name, folder)
         return folder
     device = torch_device(str(cfg.device))
@@ -132,13 +138,16 @@ def train_part(plan: Plan, cfg: DictConfig) -> Path:
     if cfg.logger.name == "wandb":
         env["WANDB_NAME"] = f"{cfg.model.name}-{plan.dataset.part}"
     resume = bool(cfg.resume) and has_checkpoint(folder)
-    log.info("%s %s (%s, %s epochs) on %s", "continuing" if resume else "training", plan.dataset.name,
-             plan.configuration, cfg.model.epochs, device)
+    if validating:  # killed between the final checkpoint and the end of nnU-Net's final validation
+        log.info("%s is trained; running its final validation, which a killed run left unfinished", plan.dataset.name)
+    else:
+        log.info("%s %s (%s, %s epochs) on %s", "continuing" if resume else "training", plan.dataset.name,
+                 plan.configuration, cfg.model.epochs, device)
     with scoped_environment(env), captured(stage_log(bool(cfg.verbose))):
         run_training(str(plan.dataset.dataset_id), plan.configuration, FOLD,
                      trainer_class_name=trainer_name(cfg.model),
                      plans_identifier=plan.plans_identifier, num_gpus=int(cfg.num_gpus),
-                     continue_training=resume, device=device)
+                     continue_training=resume and not validating, only_run_validation=validating, device=device)
     if cfg.logger.name == "wandb":
         finish_active_run()
     return folder
