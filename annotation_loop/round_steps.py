@@ -17,7 +17,8 @@ from totalseg_train.images import subject_id_of
 
 def train_config(cfg: DictConfig, round_dir: Path, experiment: str, init_from: str | None = None) -> DictConfig:
     """The training config of one round: its own nnU-Net folders, labels and split, no test split, no
-    final validation; ``init_from``: a model folder whose weights start the training."""
+    final validation; ``init_from``: a model folder whose weights start the training (for
+    ``bootstrap.warm_start_epochs`` epochs, if set)."""
     return compose_config("train", [
         f"+experiment={experiment}",
         f"paths.workspace={cfg.paths.workspace}",
@@ -31,6 +32,7 @@ def train_config(cfg: DictConfig, round_dir: Path, experiment: str, init_from: s
         "model.final_validation=false",
         f"verbose={cfg.verbose}",
         *([f"model.init_from={init_from}"] if init_from else []),
+        *([f"model.epochs={cfg.bootstrap.warm_start_epochs}"] if init_from and cfg.bootstrap.warm_start_epochs else []),
         *cfg.bootstrap.train_overrides,
     ])
 

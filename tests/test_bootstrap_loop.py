@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import torch
 
 from annotation_loop.label_store import LabelStore
 from annotation_loop.ledger import IN_CORRECTION, PREDICTED, REVIEWED, UNLABELED, WITHDRAWN, Ledger
@@ -35,8 +36,9 @@ SCHEDULE = [5, 20, 25]
 def loop_overrides(ws: Path) -> list[str]:
     # Seeded training in one process repeats exactly, so the rounds' efforts are the same on every run. Tiny's
     # 30 epochs are needed: with 20, round 1's predictions needed more correction than drawing from scratch.
+    # Round 2 starts from round 1's weights and fine-tunes for 10.
     return [f"paths.workspace={ws}", "bootstrap.experiment=tiny", f"bootstrap.schedule=[{','.join(map(str, SCHEDULE))}]",
-            'bootstrap.train_overrides=["data_workers=0","model.seed=0"]']
+            "bootstrap.warm_start_epochs=10", 'bootstrap.train_overrides=["data_workers=0","model.seed=0"]']
 
 
 def cli(module: str, ws: Path, *extra: str) -> str:
@@ -130,6 +132,9 @@ def test_each_round_needs_less_correction_than_the_one_before(loop):
     assert changed[0] == 100.0 and changed[0] > changed[1] > changed[2], table.to_string()
     assert table.mean_dice[2] > table.mean_dice[1] > 0.0, table.to_string()
     assert (table.median_voxels_changed > 0).all() and (table.median_minutes > 0).all()
+    epochs = [torch.load(next((loop["ws"] / "annotation" / "rounds" / f"round_0{n}").rglob("checkpoint_final.pth")),
+                         map_location="cpu", weights_only=False)["current_epoch"] for n in (1, 2)]
+    assert epochs == [30, 10]  # round 2 fine-tunes round 1's model (bootstrap.warm_start_epochs)
     markdown = (loop["ws"] / "reports" / "bootstrap_rounds.md").read_text()
     assert markdown.count("\n| ") == 5 and (loop["ws"] / "reports" / "bootstrap_rounds.png").stat().st_size > 5000
 
