@@ -10,7 +10,7 @@ DEMO_SUBJECTS ?= 30
 # Seeded training in one process repeats exactly: the demo's rounds are those of tests/test_bootstrap_loop.py.
 DEMO_PHANTOM := pixel_spacing_mm=6.0 'slice_thickness_mm.values=[5.0]' 'slice_thickness_mm.weights=[1.0]'
 DEMO_LOOP := paths.workspace=$(WORKSPACE) bootstrap.experiment=tiny 'bootstrap.schedule=[5,20,25]' \
-	'bootstrap.train_overrides=["data_workers=0","model.seed=0"]'
+	bootstrap.warm_start_epochs=10 'bootstrap.train_overrides=["data_workers=0","model.seed=0"]'
 SIMULATED := $(WORKSPACE)/annotation/incoming/simulated
 # make heart: the contrast subjects' heart labels are taken from these full label maps (the demo's exact truth,
 # which its simulated annotator's final labels equal; $(WORKSPACE)/annotation/final/labels works too).

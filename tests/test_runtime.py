@@ -35,7 +35,7 @@ def test_a_real_prediction_is_measured_and_written_beside_the_papers_figures(tin
                                            f"out={out}"])
     bench_predict(cfg)
     table = pd.read_csv(out)
-    assert list(table.columns) == COLUMNS and len(table) == 1
+    assert list(table.columns) == COLUMNS and list(table.path) == ["ours", "nnunet"]  # nnU-Net's own path beside
     row = table.iloc[0]
     images = sorted((tiny_run / "curated" / "images").glob("*.nii.gz"))
     smallest = min(images, key=lambda p: (voxels(p), p.name))
@@ -44,9 +44,12 @@ def test_a_real_prediction_is_measured_and_written_beside_the_papers_figures(tin
     assert 0 < row.wall_s < 600
     assert row.peak_ram_mb > 150  # a Python process with torch and nnU-Net loaded
     assert pd.isna(row.peak_gpu_mb) and "cores" in row.hardware
+    assert table.iloc[1].wall_s > 0 and table.iloc[1].peak_ram_mb > 150 and table.iloc[1].file == row.file
 
     printed = side_by_side(table, paper_runtime(), {"highres": "highres_1.5mm"})
     assert "fast_3mm" in printed and "512x512x280" in printed and "RTX 3090" in printed
+    ratio = f"{table.iloc[1].wall_s / row.wall_s:.2f}"
+    assert "nnU-Net/ours" in printed and ratio in printed.split("nnU-Net/ours")[1]
     # Mapped to the 1.5 mm model (configs/paper: paper.models.tiny=highres_1.5mm), the row stands beside it.
     assert "highres_1.5mm" in side_by_side(table, paper_runtime(), {"tiny": "highres_1.5mm"})
 

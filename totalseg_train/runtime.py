@@ -37,7 +37,12 @@ from totalseg_train.images import NIFTI_SUFFIX, Geometry
 
 log = logging.getLogger(__name__)
 CASES = ("smallest", "median", "largest")
-COLUMNS = ["model", "case", "file", "shape", "voxels", "wall_s", "peak_ram_mb", "peak_gpu_mb", "device", "hardware"]
+COLUMNS = ["model", "case", "path", "file", "shape", "voxels", "wall_s", "peak_ram_mb", "peak_gpu_mb", "device",
+           "hardware"]
+# ours: the engine's predict (label map brought back from the model's spacing); nnunet: each part model through
+# nnU-Net's own predict_from_files (its export resamples every class's logits to the image's grid), the path
+# users of nnU-Net take.
+PATHS = ("ours", "nnunet")
 MB = 2**20
 
 
@@ -83,19 +88,30 @@ def hardware_name(device: str) -> str:
 
 
 def _predict_case(model_dir: str, image: str, out_dir: str, device: str, workers: int, threads: int | None,
-                  log_file: str, results: multiprocessing.Queue) -> None:
-    """The measured process: one prediction as a user runs it; reports its own peaks through ``results``.
-    nnU-Net's console output goes to ``log_file`` (its last lines are shown if the prediction fails)."""
+                  log_file: str, results: multiprocessing.Queue, path: str = "ours") -> None:
+    """The measured process: one prediction as a user runs it (``path``: see ``PATHS``); reports its own peaks
+    through ``results``. nnU-Net's console output goes to ``log_file`` (its last lines are shown if the
+    prediction fails)."""
     import torch
 
-    from totalseg_train.engine.inference import predict
+    from totalseg_train.engine.inference import part_predictor, predict
+    from totalseg_train.engine.training import set_torch_threads
 
     cuda = device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with captured(Path(log_file)):  # file-descriptor level: nnU-Net's worker processes print too
-        predict(model_dir, [image], out_dir, device=device, workers=workers, threads=threads, overwrite=True,
-                progress=False)
+        if path == "ours":
+            predict(model_dir, [image], out_dir, device=device, workers=workers, threads=threads, overwrite=True,
+                    progress=False)
+        else:
+            trained, torch_dev = read_model_manifest(model_dir), torch.device(device)
+            set_torch_threads(torch_dev, threads)
+            for part in trained.parts:
+                predictor = part_predictor(part, trained.tile_step_size, torch_dev)
+                predictor.predict_from_files([[image]], [str(Path(out_dir) / part.part / "case")], overwrite=True,
+                                             num_processes_preprocessing=max(1, workers),
+                                             num_processes_segmentation_export=max(1, workers))
     kib = 1024  # ru_maxrss is in KiB on Linux
     results.put({"self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib / MB,
                  "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib / MB,
@@ -118,14 +134,14 @@ def _tree_rss(process: psutil.Process) -> int:
 
 
 def measure_case(model_dir: Path, image: Path, device: str, workers: int, threads: int | None,
-                 poll_s: float, log_file: Path) -> dict:
+                 poll_s: float, log_file: Path, path: str = "ours") -> dict:
     """Predict ``image`` with the model in a fresh process; wall_s, peak_ram_mb and peak_gpu_mb."""
     context = multiprocessing.get_context("spawn")  # a clean process, as a user's command starts
     results = context.Queue()
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as out_dir:
         started = time.perf_counter()
         worker = context.Process(target=_predict_case, args=(str(model_dir), str(image), out_dir, device, workers,
-                                                             threads, str(log_file), results))
+                                                             threads, str(log_file), results, path))
         worker.start()
         watched, peak_tree = psutil.Process(worker.pid), 0
         while worker.is_alive():
@@ -158,16 +174,19 @@ def bench_predict(cfg: DictConfig) -> pd.DataFrame:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.write_text("")
     rows = []
+    paths = PATHS if cfg.reference else PATHS[:1]
     for model_dir in models:
         name = read_model_manifest(model_dir).experiment
         for case, image in files.items():
             size = Geometry.of_file(image).size
-            log.info("%s: predicting the %s case %s (%s voxels) on %s", name, case, image.name,
-                     "x".join(map(str, size)), device)
-            measured = measure_case(model_dir, image, device, int(cfg.workers), cfg.torch_threads, float(cfg.poll_s),
-                                    log_file)
-            rows.append({"model": name, "case": case, "file": str(image), "shape": "x".join(map(str, size)),
-                         "voxels": _voxels(size), **measured, "device": device, "hardware": hardware})
+            for path in paths:  # side by side, each in a fresh process
+                log.info("%s: predicting the %s case %s (%s voxels) on %s, %s", name, case, image.name,
+                         "x".join(map(str, size)), device, path)
+                measured = measure_case(model_dir, image, device, int(cfg.workers), cfg.torch_threads,
+                                        float(cfg.poll_s), log_file, path)
+                rows.append({"model": name, "case": case, "path": path, "file": str(image),
+                             "shape": "x".join(map(str, size)), "voxels": _voxels(size), **measured, "device": device,
+                             "hardware": hardware})
     table = pd.DataFrame(rows, columns=COLUMNS)
     write_table(table, Path(cfg.out))
     return table
@@ -189,10 +208,11 @@ def paper_runtime() -> pd.DataFrame:
 
 def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, paper_models: dict[str, str]) -> str:
     """Our rows beside the paper's row of the same case: the paper's model where ``paper_models`` (configs/paper)
-    names one for ours, else its 3 mm model; the ratio of seconds per million voxels (ours / paper's)."""
+    names one for ours, else its 3 mm model; the ratio of seconds per million voxels (ours / paper's). Rows
+    measured through nnU-Net's own path follow, with its time over ours."""
     lines = [f"{'model':<12} {'case':<8} {'shape':>13} {'wall s':>8} {'RAM MB':>8} {'GPU MB':>8} | "
              f"{'paper (RTX 3090)':<14} {'shape':>11} {'wall s':>7} {'RAM MB':>7} {'GPU MB':>7} | s/Mvoxel ratio"]
-    for row in ours.itertuples():
+    for row in ours[ours.path == "ours"].itertuples():
         ref_model = paper_models.get(row.model, published.FAST)
         ref = paper[(paper.paper_model == ref_model) & (paper.case == row.case)]
         gpu = "-" if pd.isna(row.peak_gpu_mb) else f"{row.peak_gpu_mb:.0f}"
@@ -204,6 +224,15 @@ def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, paper_models: dict[str
         ratio = (row.wall_s / row.voxels) / (r.wall_s / r.voxels)
         lines.append(text + f"{r.paper_model:<14} {r['shape']:>11} {r.wall_s:>7.0f} {r.ram_mb:>7.0f} "
                      f"{r.gpu_mb:>7.0f} | {ratio:.2f}")
+    reference = ours[ours.path == "nnunet"]
+    if not reference.empty:
+        lines.append(f"{'model':<12} {'case':<8} {'nnU-Net s':>9} {'ours s':>7} {'nnU-Net/ours':>12} "
+                     f"{'RAM MB nnU-Net':>14} {'ours':>6}")
+        own = ours[ours.path == "ours"].set_index(["model", "case"])
+        for row in reference.itertuples():
+            mine = own.loc[(row.model, row.case)]
+            lines.append(f"{row.model:<12} {row.case:<8} {row.wall_s:>9.1f} {mine.wall_s:>7.1f} "
+                         f"{row.wall_s / mine.wall_s:>12.2f} {row.peak_ram_mb:>14.0f} {mine.peak_ram_mb:>6.0f}")
     devices = ", ".join(sorted({f"{d} ({h})" for d, h in zip(ours.device, ours.hardware)}))
     lines.append(f"ours on {devices}; paper: TotalSegmentator's runtime table, RTX 3090")
     return "\n".join(lines)
