@@ -248,9 +248,10 @@ def test_an_untrained_comparison_model_and_the_effort_runtime_and_aging_sections
                             "voxels_changed": [1000, 1200, 100, 80], "voxels_labelled": [1000, 1200, 1000, 1000],
                             "slices_touched": [40, 60, 10, 6], "dice": [np.nan] * 4})
     effort_by_round(efforts, seconds_per_slice=30.0).to_csv(tmp_path / "bootstrap_rounds.csv", index=False)
-    pd.DataFrame([{"model": "fast", "case": "smallest", "file": "s0001.nii.gz", "shape": "80x80x60", "voxels": 384000,
-                   "wall_s": 12.5, "peak_ram_mb": 2048.0, "peak_gpu_mb": None, "device": "cpu",
-                   "hardware": "2 cores"}]).to_csv(tmp_path / "runtime.csv", index=False)
+    pd.DataFrame([{"model": "fast", "case": "smallest", "path": path, "file": "s0001.nii.gz", "shape": "80x80x60",
+                   "voxels": 384000, "wall_s": wall, "peak_ram_mb": 2048.0, "peak_gpu_mb": None, "device": "cpu",
+                   "hardware": "2 cores"} for path, wall in (("ours", 12.5), ("nnunet", 25.0))]
+                 ).to_csv(tmp_path / "runtime.csv", index=False)
     ages = np.linspace(20, 85, 12)
     stats = pd.DataFrame([{"subject_id": f"s{i:02d}", "class_name": name, "age": age, "sex": "FM"[i % 2],
                            "complete": True, "volume_ml": 100 + age + (i % 3) if name == "aorta" else 50.0 + i % 4,
@@ -282,7 +283,9 @@ def test_an_untrained_comparison_model_and_the_effort_runtime_and_aging_sections
     effort = pd.read_csv(tables / "annotation_effort.csv")
     assert list(effort["round"]) == [0, 1]
     assert effort.times_faster_than_scratch.tolist() == pytest.approx([1.0, 50 / 8])  # median slices 50 vs 8
-    runtime = pd.read_csv(tables / "runtime.csv").iloc[0]
+    runtime = pd.read_csv(tables / "runtime.csv")
+    assert len(runtime) == 1 and runtime.nnunet_wall_s[0] == 25.0  # nnU-Net's own path beside ours, not a row
+    runtime = runtime.iloc[0]
     assert (runtime.wall_s, runtime.paper_model, runtime.paper_wall_s, runtime.paper_shape) == (
         12.5, "fast_3mm", 34, "512x512x280")  # the paper's 3 mm model on its smallest CT
     assert runtime.paper_ram_mb == pytest.approx(7.4 * 1024)

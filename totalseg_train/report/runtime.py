@@ -15,13 +15,19 @@ from totalseg_train.runtime import COLUMNS, paper_runtime
 
 
 def runtime_table(measured: pd.DataFrame, paper_models: dict[str, str]) -> pd.DataFrame:
-    """The measurements with the paper's figures for the same case (its smallest / median / largest CT,
-    ``runtime.paper_runtime``) of the same model; an experiment that is none of the paper's models stands beside
+    """Our measurements with the paper's figures for the same case (its smallest / median / largest CT,
+    ``runtime.paper_runtime``) of the same model, and nnU-Net's own path on the same case where it was measured
+    (``nnunet_wall_s``, ``nnunet_peak_ram_mb``); an experiment that is none of the paper's models stands beside
     its 3 mm model, as make bench-predict prints it."""
+    if "path" not in measured.columns:  # measured before nnU-Net's path was timed beside ours
+        measured = measured.assign(path="ours")
     missing = [c for c in COLUMNS if c not in measured.columns]
     if missing:
         raise ValueError(f"runtime table lacks column(s) {', '.join(missing)}")
-    table = measured[COLUMNS].copy()
+    reference = (measured[measured.path == "nnunet"][["model", "case", "wall_s", "peak_ram_mb"]]
+                 .rename(columns={"wall_s": "nnunet_wall_s", "peak_ram_mb": "nnunet_peak_ram_mb"}))
+    table = measured[measured.path == "ours"][COLUMNS].drop(columns="path")
+    table = table.merge(reference, on=["model", "case"], how="left")
     table["paper_model"] = [paper_models.get(m, published.FAST) for m in table["model"]]
     paper = paper_runtime().rename(columns={"shape": "paper_shape", "wall_s": "paper_wall_s", "ram_mb": "paper_ram_mb",
                                             "gpu_mb": "paper_gpu_mb"}).drop(columns="voxels")
@@ -57,7 +63,8 @@ def runtime_section(runtime_csv: Path, paper_models: dict[str, str], workspace: 
         "Wall time and peak memory of predicting one CT (process and children), measured by `make bench-predict`; "
         "the paper's figures are the TotalSegmentator repository's runtime table on an RTX 3090 GPU for CTs of "
         "512x512x280, 458 and 824 voxels (our smallest, median and largest stand beside them; an experiment that is "
-        "none of the paper's models beside its 3 mm model). Hardware: "
+        "none of the paper's models beside its 3 mm model); `nnunet_wall_s` and `nnunet_peak_ram_mb`: the same "
+        "model on the same CT through nnU-Net's own prediction path, where it was measured. Hardware: "
         + "; ".join(sorted(set(table["hardware"].astype(str)))) + ".")
     section.tables.append(Table("runtime", "Prediction time and memory per CT", table))
     section.figures.append(Figure("runtime", "Prediction time and peak RAM per CT", runtime_figure(table)))
