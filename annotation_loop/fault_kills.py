@@ -208,8 +208,7 @@ def digests(ws: Path) -> dict[str, str]:
         elif path.name.endswith(".b2nd"):
             array = blosc2.open(str(path), mode="r")[:]
             table[relative] = hashlib.sha256(f"{array.dtype}{array.shape}".encode() + array.tobytes()).hexdigest()
-        elif any(fnmatch(relative, pattern) for pattern in RUN_RECORDS):
-            dropped = next(columns for pattern, columns in RUN_RECORDS.items() if fnmatch(relative, pattern))
+        elif dropped := next((c for pattern, c in RUN_RECORDS.items() if fnmatch(relative, pattern)), None):
             content = pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=dropped).to_csv(index=False)
             table[relative] = hashlib.sha256(content.encode()).hexdigest()
         else:

@@ -193,7 +193,7 @@ def run(cfg: DictConfig) -> pd.DataFrame:
     table = pd.DataFrame([results[i].row() for i in meta.image_id])
     write_table(table, report)
     imported = [i for i in meta.image_id if results[i].status != "error"]
-    n_slices = {i: read_image(nifti_path(images_dir, i)).GetSize()[2] for i in imported}
+    n_slices = {i: Geometry.of_file(nifti_path(images_dir, i)).size[2] for i in imported}  # headers only
     write_table(subjects_table(meta[meta.image_id.isin(imported)], n_slices), Path(cfg.subjects_csv))
     labelled = [i for i in imported if results[i].status == "ok"]
     split = split_of(meta, labelled, SplitSettings.from_config(cfg.split))

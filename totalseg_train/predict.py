@@ -81,7 +81,8 @@ def class_ids_of(names: list[str] | None) -> list[int] | None:
     """v1 ids of class names; ValueError listing the unknown ones."""
     if names is None:
         return None
-    unknown = [n for n in names if n not in classes.class_names()]
+    known = set(classes.class_names())
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown class name(s) {', '.join(unknown)}; the v1 names are in totalseg_train/data/classes_v1.csv "
                          "(e.g. liver, spleen, vertebrae_L1)")
