@@ -86,7 +86,7 @@ STAGES = (
                         "reports/bootstrap_rounds.*")),
     Stage("training", lambda ws: [PY, "-m", "totalseg_train", f"paths.workspace={ws}", f"labels_dir={ws}/truth_labels",
                                   *TRAIN],
-          from_weights=("results/tiny/*", "nnunet/nnUNet_results/*")),
+          from_weights=("results/tiny/*", "nnunet/results/*/validation/*")),
     Stage("evaluation", lambda ws: [PY, "-m", "totalseg_train.evaluate", f"gt_dir={ws}/truth_labels",
                                     f"pred_dir={ws}/results/tiny/predictions", f"out_dir={ws}/results/kill_evaluation",
                                     "workers=1", f"paths.workspace={ws}"]),
@@ -190,7 +190,7 @@ def written_since(ws: Path, since: float) -> tuple[int, dict[str, str]]:
         if path.stat().st_mtime < since - 1:
             continue
         written += 1
-        problem = None if TMP_MARK in path.name else whole(path)
+        problem = None if any(part.startswith(TMP_MARK) for part in Path(relative).parts) else whole(path)
         if problem:
             broken[relative] = problem
     return written, broken

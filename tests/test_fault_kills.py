@@ -45,8 +45,11 @@ def test_a_half_written_file_of_each_format_is_found(tmp_path):
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])  # what a kill during a plain write leaves
         assert fault_kills.whole(path) is not None, name
+    scratch = tmp_path / ".tmp-123-progress.png.d"  # a temporary folder: what it holds is not under a final name
+    scratch.mkdir()
+    (scratch / "progress.png").write_bytes(b"\x89PNG\r\n\x1a\n cut off")
     written, broken = fault_kills.written_since(tmp_path, since=0.0)
-    assert written == 5 and sorted(broken) == sorted(files)
+    assert written == 6 and sorted(broken) == sorted(files)
 
 
 def test_preprocessed_arrays_compare_by_voxels_and_an_export_record_without_its_status(tmp_path):
@@ -76,3 +79,14 @@ def test_a_difference_from_the_uninterrupted_run_is_reported():
     fault_kills.compare(result, stage, reference, second, faulted)
     assert result.differing == ["curated/subjects.csv"] and result.extra == ["stray.csv"] and result.missing == []
     assert (result.compared, result.times_only, result.from_weights) == (1, 1, 1) and not result.ok
+
+
+def test_a_trainings_validation_counts_as_computed_from_the_weights():
+    """A resumed training is not bitwise the uninterrupted one: nnU-Net's validation of it differs, its plans not."""
+    stage = next(s for s in fault_kills.STAGES if s.name == "training")
+    model = "nnunet/results/Dataset390_tiny/nnUNetTrainerTotalSegNoDA__TotalSegPlans__3d_fullres_tiny"
+    reference = {f"{model}/fold_0/validation/s0004.nii.gz": "a", f"{model}/plans.json": "p"}
+    faulted = {f"{model}/fold_0/validation/s0004.nii.gz": "b", f"{model}/plans.json": "q"}
+    result = fault_kills.StageResult(stage.name, 1.0)
+    fault_kills.compare(result, stage, reference, dict(reference), faulted)
+    assert result.from_weights == 1 and result.differing == [f"{model}/plans.json"]
