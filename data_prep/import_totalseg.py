@@ -38,9 +38,9 @@ from totalseg_train.config import CONFIG_PATH
 from totalseg_train.engine.split import Split, SplitSettings, split_to_json
 from totalseg_train.images import (NIFTI_SUFFIX, Geometry, ImageFileError, check_nifti_complete, nifti_path,
                                    read_image, write_image)
+from totalseg_train.public_layout import META_FILE, META_SEPARATOR, ct_path, mask_name, segmentations_dir
 
 log = logging.getLogger("data_prep.import_totalseg")
-META_FILE = "meta.csv"
 # meta.csv column -> subjects table column (curation's names)
 META_COLUMNS = {"age": "age", "gender": "sex", "institute": "site", "study_type": "study_type", "split": "split",
                 "manufacturer": "manufacturer", "scanner_model": "model", "kvp": "kvp"}
@@ -86,15 +86,15 @@ def merge_masks(masks: dict[int, np.ndarray]) -> tuple[np.ndarray, list[tuple[in
 def import_subject(image_id: str, root: Path, images_dir: Path, labels_dir: Path) -> Imported:
     """Copy the CT and merge its masks into a v1 label map; a bad file ends this subject with an error naming it."""
     result = Imported(image_id)
-    ct = root / image_id / "ct.nii.gz"
+    ct = ct_path(root, image_id)
     try:
         check_nifti_complete(ct)
         image = read_image(ct)
         masks, geometry = {}, Geometry.of_image(image)
-        found = sorted((root / image_id / "segmentations").glob(f"*{NIFTI_SUFFIX}"))
+        found = sorted(segmentations_dir(root, image_id).glob(f"*{NIFTI_SUFFIX}"))
         v1_names = set(classes.class_names())
         for path in found:
-            name = path.name[: -len(NIFTI_SUFFIX)]
+            name = mask_name(path)
             if name not in v1_names:
                 result.not_in_v1.append(name)
                 continue
@@ -125,7 +125,7 @@ def read_meta(root: Path) -> pd.DataFrame:
     path = root / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (a TotalSegmentator dataset has meta.csv beside its subjects)")
-    meta = pd.read_csv(path, sep=";", dtype=str, keep_default_na=False)
+    meta = pd.read_csv(path, sep=META_SEPARATOR, dtype=str, keep_default_na=False)
     if "image_id" not in meta.columns:
         raise ValueError(f"{path}: no image_id column (columns: {', '.join(meta.columns)})")
     if meta.image_id.duplicated().any():

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 from PIL import Image, PngImagePlugin
 
-from data_prep.audit import audit, identifying_values
+from totalseg_train.identifying_data import audit, identifying_values
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_prep.audit import audit, identifying_values
+from totalseg_train.identifying_data import audit, identifying_values
 
 def curation_outputs(workspace: Path) -> list[Path]:
     """Everything curation and the truth export wrote outside raw/ and private/, Hydra's run logs included."""
@@ -17,7 +17,7 @@ def curation_outputs(workspace: Path) -> list[Path]:
 
 
 def test_no_identifying_string_in_any_output(curated_workspace, phantom_cohort):
-    values = identifying_values(phantom_cohort / "dicom")  # the audit's search (data_prep.audit)
+    values = identifying_values(phantom_cohort / "dicom")  # the audit's search (totalseg_train.identifying_data)
     assert len(values) > 30 and any(v.startswith("PID") for v in values)
     files = curation_outputs(curated_workspace)
     names = {p.name for p in files}

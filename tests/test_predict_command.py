@@ -17,7 +17,8 @@ import SimpleITK as sitk
 from conftest import REPO
 from totalseg_train import classes
 from totalseg_train.images import Geometry
-from totalseg_train.predict import class_masks, find_inputs
+from totalseg_train.predict import find_inputs
+from totalseg_train.public_layout import class_masks
 
 
 def predict_cli(*overrides: str, ok: bool = True) -> subprocess.CompletedProcess:

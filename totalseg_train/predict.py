@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-import numpy as np
 import SimpleITK as sitk
 from omegaconf import DictConfig
 
 from totalseg_train import classes
-from totalseg_train.atomic import atomic_path, remove_stale_temporaries, write_text
+from totalseg_train.atomic import remove_stale_temporaries, write_text
 from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.engine.inference import predict
 from totalseg_train.engine.manifest import UntrainedModel, read_model_manifest
-from totalseg_train.images import NIFTI_SUFFIX, ImageFileError, nifti_path, read_image, subject_id_of, write_image
+from totalseg_train.images import NIFTI_SUFFIX, ImageFileError, nifti_path, subject_id_of, write_image
+from totalseg_train.public_layout import write_masks
 
 log = logging.getLogger("totalseg_train.predict")
 SETTINGS_FILE = "prediction.json"
@@ -87,22 +87,6 @@ def class_ids_of(names: list[str] | None) -> list[int] | None:
         raise ValueError(f"unknown class name(s) {', '.join(unknown)}; the v1 names are in totalseg_train/data/classes_v1.csv "
                          "(e.g. liver, spleen, vertebrae_L1)")
     return sorted({classes.id_of(n) for n in names})
-
-
-def class_masks(labels: np.ndarray, class_ids: list[int]) -> dict[int, np.ndarray]:
-    """One uint8 0/1 mask per class id, empty ones included."""
-    return {c: (labels == c).astype(np.uint8) for c in class_ids}
-
-
-def write_masks(label_file: Path, class_ids: list[int], folder: Path) -> None:
-    """``<folder>/<class_name>.nii.gz`` for every class, on the label map's grid; the folder appears whole."""
-    label = read_image(label_file)
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
-        for class_id, mask in class_masks(sitk.GetArrayFromImage(label), class_ids).items():
-            image = sitk.GetImageFromArray(mask)
-            image.CopyInformation(label)
-            write_image(image, tmp / f"{classes.by_id(class_id).name}{NIFTI_SUFFIX}")
 
 
 def _check_settings(output: Path, settings: dict, overwrite: bool) -> None:
