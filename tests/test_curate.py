@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from data_prep.curate.characteristics import characteristics_table
+from totalseg_train.report.characteristics import characteristics_table
 from data_prep.phantom.truth_labels import export_truth_labels
 from totalseg_train.images import Geometry
 

@@ -13,7 +13,7 @@ import pandas as pd
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from data_prep.curate.characteristics import characteristics_table, to_markdown
+from totalseg_train.report.characteristics import characteristics_table, to_markdown
 from data_prep.curate.convert import convert_series, is_current
 from data_prep.curate.pseudonyms import PseudonymStore
 from data_prep.curate.consent import consent_given, consenting_patients, read_consent
