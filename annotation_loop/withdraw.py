@@ -36,7 +36,8 @@ from totalseg_train.atomic import TMP_MARK, write_table, write_text
 from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.engine.training import TRAINED_WITH
-from totalseg_train.subject_traces import read_any_table, read_subject_list, rows_naming, subject_in_name
+from totalseg_train.subject_traces import (csv_separator, read_any_table, read_subject_list, rows_naming,
+                                           subject_in_name)
 from totalseg_train.stage_lock import stage_lock
 
 REPORT = "withdrawals"  # .csv and .md in the reports folder
@@ -120,7 +121,7 @@ def _rewrite_table(path: Path, subject_ids: set[str]) -> dict[str, int]:
         return {}  # not a table this stage can read; nothing named in it is touched
     kept, removed = scrub_table(table, subject_ids)
     if removed:
-        write_table(kept, path)
+        write_table(kept, path, sep=csv_separator(path) if path.suffix == ".csv" else ",")
     return removed
 
 

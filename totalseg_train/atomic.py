@@ -68,14 +68,14 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_table(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a table as CSV or parquet (chosen by suffix), atomically."""
+def write_table(df: pd.DataFrame, path: str | Path, sep: str = ",") -> None:
+    """Write a table as CSV (separated by ``sep``) or parquet (chosen by suffix), atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
             df.to_parquet(tmp, index=False)
         elif path.suffix == ".csv":
-            df.to_csv(tmp, index=False)
+            df.to_csv(tmp, index=False, sep=sep)
         else:
             raise ValueError(f"{path}: unsupported table format {path.suffix!r} (use .csv or .parquet)")
 

@@ -1,7 +1,7 @@
 """Where a subject's pseudonym shows in a workspace: in a file or folder name, or in a table's cells.
 
 One rule for the stage that removes a withdrawn subject (annotation_loop.withdraw) and the audit that looks for
-what is left of one (data_prep.audit).
+what is left of one (totalseg_train.identifying_data).
 """
 
 from __future__ import annotations
@@ -24,11 +24,19 @@ def rows_naming(table: pd.DataFrame, subject_ids: set[str]) -> pd.Series:
     return table.astype(str).isin(subject_ids).any(axis=1)
 
 
+def csv_separator(path: Path) -> str:
+    """';' for a semicolon-separated CSV (TotalSegmentator's meta.csv), else ','; from the header line."""
+    with open(path, "rb") as f:
+        header = f.readline()
+    return ";" if b";" in header and b"," not in header else ","
+
+
 def read_any_table(path: Path) -> pd.DataFrame | None:
-    """A CSV (as text) or Parquet table, or None when the file is not one that can be read as such."""
+    """A CSV (as text, comma- or semicolon-separated) or Parquet table, or None when the file is not one that can
+    be read as such."""
     try:
         return (pd.read_parquet(path) if path.suffix == ".parquet"
-                else pd.read_csv(path, dtype=str, keep_default_na=False))
+                else pd.read_csv(path, dtype=str, keep_default_na=False, sep=csv_separator(path)))
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError):
         return None
 
