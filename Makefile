@@ -18,7 +18,7 @@ HEART_LABELS ?= $(WORKSPACE)/truth_labels
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .DEFAULT_GOAL := help
-.PHONY: audit robustness bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics bench-scale
+.PHONY: audit release robustness bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics bench-scale
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -52,7 +52,7 @@ test: setup ## Run the test suite
 phantom: setup ## Generate a phantom cohort: make phantom WORKSPACE=... DEMO_SUBJECTS=...
 	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS)
 
-demo: setup ## The whole pipeline on a phantom cohort in $(WORKSPACE): curation, QA, two bootstrap rounds, training, paper tables, audit (~15 min)
+demo: setup ## The whole pipeline on a phantom cohort in $(WORKSPACE): curation, QA, two bootstrap rounds, training, paper tables, release, audit (~15 min)
 	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS) $(DEMO_PHANTOM)
 	$(PY) -m data_prep.curate paths.workspace=$(WORKSPACE)
 	@cat $(WORKSPACE)/reports/characteristics.md
@@ -77,6 +77,8 @@ demo: setup ## The whole pipeline on a phantom cohort in $(WORKSPACE): curation,
 	$(PY) -m totalseg_train.report paths.workspace=$(WORKSPACE)
 	@echo "paper tables: $(WORKSPACE)/reports/paper/index.html"
 	@echo "review page: $(PY) -m annotation_loop.review paths.workspace=$(WORKSPACE) ; nnU-Net's output: $(WORKSPACE)/logs/<stage>/<time>/nnunet.log"
+	@echo "== release: the reviewed subjects in TotalSegmentator's public layout, faces blurred, audited =="
+	$(PY) -m annotation_loop.release paths.workspace=$(WORKSPACE)
 	@echo "== data-protection audit: every file of the workspace searched for the input's identifying values =="
 	$(PY) -m data_prep.audit paths.workspace=$(WORKSPACE)
 
@@ -87,6 +89,9 @@ heart: setup ## Heart sub-parts on a demo workspace (after make demo): label tra
 	$(PY) -m totalseg_train +experiment=heart_tiny paths.workspace=$(WORKSPACE)
 	$(PY) -m data_prep.heart_transfer.apply paths.workspace=$(WORKSPACE) model=$(WORKSPACE)/results/heart_tiny device=cpu
 	@echo "heart sub-parts of every subject: $(WORKSPACE)/heart/predicted (the bootstrap loop's start maps and rounds use them)"
+
+release: setup ## The reviewed subjects of $(WORKSPACE) as a dataset in TotalSegmentator's public layout ($(WORKSPACE)/release: faces blurred, meta.csv, dataset card), audited (exit 1 on a finding)
+	$(PY) -m annotation_loop.release paths.workspace=$(WORKSPACE)
 
 audit: setup ## Search every file of $(WORKSPACE) for identifying values of its DICOM input and for withdrawn subjects (exit 1 on a finding)
 	$(PY) -m data_prep.audit paths.workspace=$(WORKSPACE)
