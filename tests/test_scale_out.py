@@ -241,3 +241,20 @@ def test_the_job_that_writes_the_last_part_merges_and_a_stage_returns_what_it_as
     assert [name for name, _ in calls] == ["1of2", "0of2", "0of1", "0of2", "0of1"]
     # Under one lock each time: the shard's (shards run side by side), or the stage's for the merge.
     assert [held for _, held in calls] == [["qa-shard-1-of-2"], ["qa-shard-0-of-2"], ["qa"], ["qa-shard-0-of-2"], ["qa"]]
+
+
+def test_parts_of_an_earlier_sweep_do_not_start_the_merge_of_the_next(tmp_path):
+    from totalseg_train.shards import Shard, run_sharded
+
+    def work(shard: Shard) -> str:
+        if not shard.whole:
+            shard.part(tmp_path, "rows", ".csv").parent.mkdir(exist_ok=True)
+            shard.part(tmp_path, "rows", ".csv").write_text(shard.name)
+        return shard.name
+
+    for index in (0, 1):  # the first sweep, finished and merged
+        run_sharded(work, Shard(index, 2), tmp_path, "qa", "rows", sweep="/sweeps/monday")
+    # the second sweep of the same count: its first job finds an old part of shard 1 and must not merge
+    assert run_sharded(work, Shard(0, 2), tmp_path, "qa", "rows", sweep="/sweeps/tuesday") == "0of2"
+    assert run_sharded(work, Shard(1, 2), tmp_path, "qa", "rows", sweep="/sweeps/tuesday") == "0of1"
+    assert (tmp_path / "shards" / "rows_1of2.csv.sweep").read_text() == "/sweeps/tuesday"

@@ -9,6 +9,9 @@ A shard job writes its own part files in ``<out>/shards/`` (``<table>_<index>of<
 cohort's tables. The job that finds every part of its sweep written gathers them into the cohort's tables by
 running the stage once more on the whole cohort, which reuses each part's finished work; a run without a
 shard does the same at any time (the ``merge`` step), so a lost or repeated job costs nothing but its share.
+A job of a Hydra multirun marks its part with the sweep (``<part>.sweep``: the sweep's folder), and counts only
+parts of its own sweep, so that the parts an earlier sweep of the same count left do not start the merge
+before this sweep's jobs are done.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from totalseg_train.atomic import write_text
 from totalseg_train.stage_lock import stage_lock
 
 Result = TypeVar("Result")
@@ -70,9 +74,26 @@ class Shard:
         """This shard's part file ``<folder>/shards/<stem>_<index>of<count><suffix>``."""
         return Path(folder) / PARTS_DIR / f"{stem}_{self.name}{suffix}"
 
-    def sweep_done(self, folder: str | Path, stem: str, suffix: str) -> bool:
-        """Whether every shard of this sweep (same count) has written its part."""
-        return all(Shard(i, self.count).part(folder, stem, suffix).is_file() for i in range(self.count))
+    def sweep_done(self, folder: str | Path, stem: str, suffix: str, sweep: str | None = None) -> bool:
+        """Whether every shard of this sweep (same count; with ``sweep``: parts marked with it) wrote its part."""
+        parts = [Shard(i, self.count).part(folder, stem, suffix) for i in range(self.count)]
+        return all(p.is_file() and (sweep is None or _marker(p).is_file() and _marker(p).read_text() == sweep)
+                   for p in parts)
+
+
+def _marker(part: Path) -> Path:
+    return part.with_name(f"{part.name}.sweep")
+
+
+def current_sweep() -> str | None:
+    """The Hydra multirun this job belongs to (its sweep folder), or None outside one."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    config = HydraConfig.get()
+    return str(Path(config.sweep.dir).absolute()) if config.mode == RunMode.MULTIRUN else None
 
 
 def part_files(folder: str | Path, stem: str, suffix: str) -> list[tuple[Shard, Path]]:
@@ -100,18 +121,21 @@ def input_key(files: Iterable[str | Path | None], settings: object) -> str:
 
 
 def run_sharded(work: Callable[[Shard], Result], shard: Shard, out_dir: str | Path, stage: str, part_stem: str,
-                part_suffix: str = ".csv", return_merged: bool = True) -> Result:
+                part_suffix: str = ".csv", return_merged: bool = True, sweep: str | None = None) -> Result:
     """Run a stage's ``work`` for ``shard`` under the stage's lock of that shard (the shards of a sweep run side by
     side, each once; the whole cohort takes the stage's own lock). The job that then finds every part
     (``part_stem`` + ``part_suffix``) of its sweep written merges: ``work(Shard())`` under the stage's lock,
-    waiting for a job finishing at the same moment (which then finds the work done). Returns the merge's
-    result, or the shard's where it did not merge or ``return_merged`` is false."""
+    waiting for a job finishing at the same moment (which then finds the work done). ``sweep``: the sweep the
+    job belongs to (default: its Hydra multirun's, none outside one). Returns the merge's result, or the
+    shard's where it did not merge or ``return_merged`` is false."""
     if shard.whole:
         with stage_lock(out_dir, stage):
             return work(shard)
+    sweep = sweep if sweep is not None else current_sweep()
     with stage_lock(out_dir, shard.lock(stage)):
         result = work(shard)
-    if not shard.sweep_done(out_dir, part_stem, part_suffix):
+        write_text(_marker(shard.part(out_dir, part_stem, part_suffix)), sweep or "")
+    if not shard.sweep_done(out_dir, part_stem, part_suffix, sweep):
         return result
     with stage_lock(out_dir, stage, wait=True):
         merged = work(Shard())
