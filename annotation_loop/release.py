@@ -232,6 +232,9 @@ def run(cfg: DictConfig) -> Released:
     _check_consent_current(cfg)
     subjects = pd.read_csv(cfg.subjects_csv, dtype={"subject_id": str, "patient": str}, keep_default_na=False)
     withdrawn = read_subject_list(Path(cfg.withdrawn_csv))
+    if not Path(cfg.ledger).is_file():
+        raise ReleaseRefused(f"{cfg.ledger}: no ledger; the release holds the subjects the bootstrap loop reviewed "
+                             "(python -m annotation_loop.start, then ingest)")
     ledger = Ledger(cfg.ledger)
     try:
         released = releasable(ledger, subjects, withdrawn)
@@ -241,20 +244,26 @@ def run(cfg: DictConfig) -> Released:
     finally:
         ledger.close()
     out.mkdir(parents=True, exist_ok=True)
-    for folder in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in released):
+    for folder in sorted(p for p in out.iterdir() if (p / SEGMENTATIONS).is_dir() and p.name not in released):
         shutil.rmtree(folder)  # no longer releasable: not reviewed, withdrawn or no longer curated
         log.info("removed %s from the release", folder.name)
     labels_dir, images_dir = Path(cfg.labels_dir), Path(cfg.images_dir)
     settings = json.dumps(asdict(face), sort_keys=True)
-    fingerprints = {sid: hashlib.sha256("\n".join([file_digest(nifti_path(images_dir, sid)),
-                                                   file_digest(nifti_path(labels_dir, sid)), settings]).encode())
-                    .hexdigest() for sid in released}
+    fingerprints, errors = {}, {}
+    for sid in released:
+        try:
+            digests = [file_digest(nifti_path(images_dir, sid)), file_digest(nifti_path(labels_dir, sid)), settings]
+        except OSError as err:
+            errors[sid] = f"{err.filename}: {err.strerror}"
+            continue
+        fingerprints[sid] = hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    released = [sid for sid in released if sid in fingerprints]
     record = _record(record_file)
     done = {sid: int(record[sid]["face_voxels"]) for sid in released if sid in record
             and record[sid]["fingerprint"] == fingerprints[sid] and (out / sid / SEGMENTATIONS).is_dir()}
     todo = [sid for sid in released if sid not in done]
     log.info("release of %d subjects: %d up to date, %d to write", len(released), len(done), len(todo))
-    face_voxels, errors = dict(done), {}
+    face_voxels = dict(done)
     with tqdm(total=len(todo), desc="release", unit="subject", disable=not cfg.progress) as bar, ExitStack() as stack:
         job = partial(_release_one, images_dir=images_dir, labels_dir=labels_dir, out=out, face=face)
         if int(cfg.workers) <= 1 or len(todo) <= 1:

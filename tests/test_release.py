@@ -170,6 +170,20 @@ def test_an_identifying_value_fails_the_release_names_the_file_and_leaves_no_car
     assert not (tmp_path / "out" / "README.md").exists()
 
 
+def test_a_missing_final_label_is_named_the_others_are_released_and_there_is_no_card(released, tmp_path):
+    ws, missing = released["ws"], released["reviewed"][-1]
+    labels = tmp_path / "labels"
+    shutil.copytree(ws / "annotation" / "final" / "labels", labels)
+    (labels / f"{missing}.nii.gz").unlink()
+    out = tmp_path / "out"
+    done = run("annotation_loop.release", ws, f"out={out}", f"record={tmp_path / 'record.csv'}", f"labels_dir={labels}",
+               check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"error: {missing} not released: {labels / f'{missing}.nii.gz'}: No such file" in done.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == released["reviewed"][:-1]
+    assert not (out / "README.md").exists()
+
+
 def test_a_consent_registry_newer_than_curation_stops_the_release(released, tmp_path):
     ws = released["ws"]
     registry = tmp_path / "consent.csv"
