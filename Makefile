@@ -47,7 +47,7 @@ system-deps: ## Install the Debian packages for headless rendering and the brows
 setup: $(INSTALLED) system-deps ## Create .venv and install the project and its system packages (once)
 
 test: setup ## Run the test suite
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q
 
 phantom: setup ## Generate a phantom cohort: make phantom WORKSPACE=... DEMO_SUBJECTS=...
 	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS)
