@@ -46,7 +46,8 @@ from totalseg_train.identifying_data import Finding, audit, identifying_values
 from totalseg_train.images import ImageFileError, nifti_path, read_image, write_image
 from totalseg_train.label_maps import read_label_map
 from totalseg_train.public_layout import CT_FILE, META_FILE, META_SEPARATOR, SEGMENTATIONS, write_masks
-from totalseg_train.report.characteristics import characteristics_table
+from totalseg_train.report.characteristics import characteristics_table, to_markdown
+from totalseg_train.shards import input_key
 from totalseg_train.stage_lock import stage_lock
 from totalseg_train.subject_traces import read_subject_list
 
@@ -60,14 +61,6 @@ RECORD_COLUMNS = ["subject_id", "fingerprint", "face_voxels"]
 
 class ReleaseRefused(RuntimeError):
     """The release cannot be built from this state; the message says why and what to do."""
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def release_subject(subject_id: str, image_file: Path, label_file: Path, out: Path, face: DefaceSettings) -> int:
@@ -151,7 +144,6 @@ def dataset_card(cfg: DictConfig, meta: pd.DataFrame, characteristics: pd.DataFr
     heart = sources.heart_labels.value_counts()
     how = (f"blurred (Gaussian, sigma {face.sigma_mm:g} mm)" if face.method == "blur"
            else f"replaced by {face.fill_hu:g} HU")
-    chars = characteristics.assign(percent=characteristics.percent.map(lambda p: "" if p != p else f"{p:.1f}"))
     lines = [
         f"# {cfg.name}", "",
         f"{len(meta)} CT images with segmentations of the {classes.num_classes()} anatomical structures of "
@@ -181,8 +173,7 @@ def dataset_card(cfg: DictConfig, meta: pd.DataFrame, characteristics: pd.DataFr
         "corrected: a model's prediction corrected; accepted: a prediction accepted unchanged at review). Heart "
         "sub-parts' training labels: " + ", ".join(f"{n} {k}" for k, n in sorted(heart.items())) + ".", "",
         *_markdown(sources), "",
-        "## Characteristics", "",
-        *_markdown(chars.rename(columns={"percent": "%"})), "",
+        to_markdown(characteristics, "Characteristics", level=2),
     ]
     return "\n".join(lines)
 
@@ -251,12 +242,15 @@ def run(cfg: DictConfig) -> Released:
     settings = json.dumps(asdict(face), sort_keys=True)
     fingerprints, errors = {}, {}
     for sid in released:
+        sources_of = [nifti_path(images_dir, sid), nifti_path(labels_dir, sid)]
         try:
-            digests = [file_digest(nifti_path(images_dir, sid)), file_digest(nifti_path(labels_dir, sid)), settings]
+            for path in sources_of:
+                path.stat()
         except OSError as err:
             errors[sid] = f"{err.filename}: {err.strerror}"
             continue
-        fingerprints[sid] = hashlib.sha256("\n".join(digests).encode()).hexdigest()
+        # sizes and modification times, not contents: a rerun of 1204 subjects must not read every CT again
+        fingerprints[sid] = hashlib.sha256(input_key(sources_of, settings).encode()).hexdigest()
     released = [sid for sid in released if sid in fingerprints]
     record = _record(record_file)
     done = {sid: int(record[sid]["face_voxels"]) for sid in released if sid in record

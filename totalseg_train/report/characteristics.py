@@ -65,8 +65,8 @@ def characteristics_table(subjects: pd.DataFrame, age_bins: list[float], thickne
     return pd.DataFrame(rows, columns=["characteristic", "value", "n", "percent"])
 
 
-def to_markdown(table: pd.DataFrame, title: str = "Dataset characteristics") -> str:
-    lines = [f"# {title}", "", "| characteristic | value | n | % |", "| --- | --- | ---: | ---: |"]
+def to_markdown(table: pd.DataFrame, title: str = "Dataset characteristics", level: int = 1) -> str:
+    lines = [f"{'#' * level} {title}", "", "| characteristic | value | n | % |", "| --- | --- | ---: | ---: |"]
     previous = None
     for row in table.itertuples():
         name = row.characteristic if row.characteristic != previous else ""
