@@ -12,22 +12,6 @@ from totalseg_train.config import compose_config
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 CT_EXAMPLE = SHARED / "data" / "ct_example"
-# make test runs the suite on two pytest-xdist workers (--dist loadgroup). Session fixtures are per worker, so
-# every test of a trained model's fixture goes to one worker: each model is still trained once per session.
-# The 30-patient cohort's two users (the bootstrap loop and the heart model) share a worker too.
-XDIST_GROUPS = {"cohort30": {"heart_model", "heart_applied"}, "tiny": {"tiny_run", "tiny_parts_run", "workspace"}}
-COHORT30_FILES = {"test_bootstrap_loop.py"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the marks
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        used = set(getattr(item, "fixturenames", ()))
-        if item.path.name in COHORT30_FILES:
-            used |= XDIST_GROUPS["cohort30"]
-        group = next((g for g, fixtures in XDIST_GROUPS.items() if used & fixtures), None)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
