@@ -29,6 +29,7 @@ from annotation_loop.ledger import IN_CORRECTION, REVIEWED, Ledger, LedgerError
 from annotation_loop.label_store import FinalLabelExists, LabelStore, same_labels
 from annotation_loop.report import write_round_report
 from annotation_loop.review.decisions import COLUMNS, read_decisions
+from annotation_loop.start import worklists_dir
 from totalseg_train.checksums import file_sha256
 from totalseg_train.cli_errors import exits_cleanly
 from totalseg_train.config import CONFIG_PATH
@@ -176,7 +177,8 @@ def _ingest(cfg: DictConfig) -> IngestResult:
             _ingest_corrections(ledger, store, Path(cfg.corrected_dir), Path(cfg.bootstrap.images_dir),
                                 bool(cfg.allow_revision), result)
         _accept_reviewed_predictions(ledger, store, review_decisions(cfg.decisions_root), result)
-        write_round_report(ledger, Path(cfg.paths.reports), float(cfg.bootstrap.seconds_per_slice))
+        write_round_report(ledger, Path(cfg.paths.reports), float(cfg.bootstrap.seconds_per_slice),
+                       worklists_dir(Path(cfg.paths.annotation)))
     finally:
         ledger.close()
     return result

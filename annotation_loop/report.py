@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 
 from annotation_loop.effort import TOTAL  # noqa: E402
 from annotation_loop.ledger import Ledger  # noqa: E402
+from annotation_loop.worklist_order import markdown as order_markdown, order_by_round  # noqa: E402
 from totalseg_train.atomic import atomic_path, remove_stale_temporaries, write_table, write_text  # noqa: E402
 from totalseg_train.heart_predictions import heart_class_ids  # noqa: E402
 
@@ -92,7 +93,7 @@ def _heart_markdown(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _markdown(table: pd.DataFrame, rounds: list[dict], heart_model_used: bool) -> str:
+def _markdown(table: pd.DataFrame, rounds: list[dict], heart_model_used: bool, order: pd.DataFrame) -> str:
     n_by_round = {r["number"]: r["n_reviewed"] for r in rounds}
     lines = [
         "# Annotation bootstrap: correction effort per round",
@@ -112,6 +113,7 @@ def _markdown(table: pd.DataFrame, rounds: list[dict], heart_model_used: bool) -
                      f"| {r.median_minutes:.1f} | {r.mean_dice:.3f} |")
     if heart_model_used:
         lines += _heart_markdown(table)
+    lines += order_markdown(order)
     return "\n".join(lines) + "\n"
 
 
@@ -135,15 +137,25 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def write_round_report(ledger: Ledger, reports_dir: Path, seconds_per_slice: float) -> pd.DataFrame:
-    """Write reports/bootstrap_rounds.{md,csv,png} from the ledger; returns the table."""
+def read_worklists(worklists_dir: Path) -> dict[int, pd.DataFrame]:
+    """round number -> its worklist (annotation/worklists/round_NN.csv)."""
+    return {int(p.stem.removeprefix("round_")): pd.read_csv(p, dtype={"subject_id": str}, keep_default_na=False)
+            for p in sorted(worklists_dir.glob("round_*.csv"))}
+
+
+def write_round_report(ledger: Ledger, reports_dir: Path, seconds_per_slice: float,
+                       worklists_dir: Path) -> pd.DataFrame:
+    """Write reports/bootstrap_rounds.{md,csv,png} and worklist_order.csv from the ledger and the rounds'
+    worklists; returns the table."""
     efforts, priors = pd.DataFrame(ledger.efforts()), pd.DataFrame(ledger.heart_priors())
+    order = order_by_round(efforts, read_worklists(worklists_dir))
     table = effort_by_round(efforts, seconds_per_slice)
     table = table.merge(heart_effort_by_round(efforts, priors), on="round", how="left")
     reports_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(reports_dir)  # what a killed ingest or round was writing
     write_table(table, reports_dir / "bootstrap_rounds.csv")
-    write_text(reports_dir / "bootstrap_rounds.md", _markdown(table, ledger.rounds(), not priors.empty))
+    write_table(order, reports_dir / "worklist_order.csv")
+    write_text(reports_dir / "bootstrap_rounds.md", _markdown(table, ledger.rounds(), not priors.empty, order))
     if not table.empty:
         _plot(table, reports_dir / "bootstrap_rounds.png")
     return table

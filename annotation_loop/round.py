@@ -25,7 +25,7 @@ from annotation_loop.label_store import LabelStore, link_latest
 from annotation_loop.label_tables import write_label_tables
 from annotation_loop.ledger import IN_CORRECTION, PREDICTED, UNLABELED, Ledger
 from annotation_loop.report import write_round_report
-from annotation_loop.start import register_curated, worklist_path
+from annotation_loop.start import register_curated, worklist_path, worklists_dir
 from annotation_loop.worklist import rank
 from totalseg_train.atomic import write_table
 from totalseg_train.cli_errors import exits_cleanly
@@ -192,7 +192,8 @@ def _run_locked(cfg: DictConfig, ledger: Ledger, annotation: Path) -> RoundResul
                 if ledger.subject(subject_id).state == PREDICTED:
                     ledger.move(db, subject_id, IN_CORRECTION, round=number)
         ledger.finish_step(number, "worklist")
-    write_round_report(ledger, Path(cfg.paths.reports), float(cfg.bootstrap.seconds_per_slice))
+    write_round_report(ledger, Path(cfg.paths.reports), float(cfg.bootstrap.seconds_per_slice),
+                       worklists_dir(Path(cfg.paths.annotation)))
     ledger.finish_round(number)
     return RoundResult(number, n, batch, worklist, done)
 

@@ -38,8 +38,12 @@ def register_curated(ledger: Ledger, subjects_csv: Path, seed: int) -> int:
 START_WITH_HEART = "annotate, starting from the heart model's sub-parts (start_from)"
 
 
+def worklists_dir(annotation_dir: Path) -> Path:
+    return annotation_dir / "worklists"
+
+
 def worklist_path(annotation_dir: Path, round_number: int) -> Path:
-    return annotation_dir / "worklists" / f"round_{round_number:02d}.csv"
+    return worklists_dir(annotation_dir) / f"round_{round_number:02d}.csv"
 
 
 def start(cfg: DictConfig) -> list[str]:

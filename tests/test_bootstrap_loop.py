@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy.stats import spearmanr
 
 from annotation_loop.label_store import LabelStore
 from annotation_loop.ledger import IN_CORRECTION, PREDICTED, REVIEWED, UNLABELED, WITHDRAWN, Ledger
@@ -136,7 +137,31 @@ def test_each_round_needs_less_correction_than_the_one_before(loop):
                          map_location="cpu", weights_only=False)["current_epoch"] for n in (1, 2)]
     assert epochs == [30, 10]  # round 2 fine-tunes round 1's model (bootstrap.warm_start_epochs)
     markdown = (loop["ws"] / "reports" / "bootstrap_rounds.md").read_text()
-    assert markdown.count("\n| ") == 5 and (loop["ws"] / "reports" / "bootstrap_rounds.png").stat().st_size > 5000
+    effort_table = markdown.split("\n## ")[0]
+    assert effort_table.count("\n| ") == 5 and (loop["ws"] / "reports" / "bootstrap_rounds.png").stat().st_size > 5000
+
+
+def test_the_round_report_measures_the_worklist_order_against_the_correction_effort(loop):
+    """Spearman's rho of the worklist's expected effort, of entropy alone and of random orders against the share
+    of each subject's label map the annotator changed, per round, recomputed here from the worklists and ledger."""
+    ws = loop["ws"]
+    order = pd.read_csv(ws / "reports" / "worklist_order.csv")
+    assert order["round"].tolist() == [1, 2] and order.subjects.tolist() == [15, 5]
+    ledger = Ledger(ws / "annotation" / "ledger.sqlite")
+    try:
+        efforts = pd.DataFrame(ledger.efforts())
+    finally:
+        ledger.close()
+    for r in order.itertuples():
+        worklist = pd.read_csv(ws / "annotation" / "worklists" / f"round_{r.round:02d}.csv", dtype={"subject_id": str})
+        total = efforts[(efforts.class_id == 0) & (efforts["round"] == r.round)].groupby("subject_id").first()
+        joined = worklist.set_index("subject_id").join(total, how="inner")
+        changed = joined.voxels_changed / joined.voxels_labelled
+        assert r.spearman_worklist == pytest.approx(spearmanr(joined.expected_effort, changed).statistic)
+        assert r.spearman_entropy == pytest.approx(spearmanr(joined.entropy, changed).statistic)
+        assert r.worklist_ci_low <= r.spearman_worklist <= r.worklist_ci_high
+        assert r.random_ci_low < 0 < r.random_ci_high and abs(r.spearman_random_mean) < 0.1
+    assert "## Worklist order against the measured correction effort" in (ws / "reports" / "bootstrap_rounds.md").read_text()
 
 
 def test_a_round_killed_in_training_prediction_or_rendering_resumes_without_redoing_finished_steps(loop):
