@@ -248,24 +248,50 @@ def _check_liver_left_of_spleen(label_map, cfg):
     assert liver[:, 1].mean() < panel.rect[2] / 2 < spleen[:, 1].mean()
 
 
-def test_real_v2_label_map_renders(shared_dir, tmp_path):
-    labels_dir = tmp_path / "labels"
+def _resampled(image: sitk.Image, spacing_mm: float, interpolator) -> sitk.Image:
+    size = [int(round(n * s / spacing_mm)) for n, s in zip(image.GetSize(), image.GetSpacing())]
+    origin = image.TransformContinuousIndexToPhysicalPoint([(spacing_mm / s - 1) / 2 for s in image.GetSpacing()])
+    return sitk.Resample(image, size, sitk.Transform(), interpolator, origin, [spacing_mm] * 3, image.GetDirection(),
+                         -1024 if interpolator != sitk.sitkNearestNeighbor else 0, image.GetPixelID())
+
+
+def test_real_v2_label_map_renders_and_gets_the_same_flags_at_3_and_1_5_mm(shared_dir, tmp_path):
+    """The real example at its 3 mm and resampled to 1.5 mm: both render, and both get the same flags (none)."""
+    labels_dir, images_dir = tmp_path / "labels", tmp_path / "images"
     labels_dir.mkdir()
-    shutil.copy(shared_dir / "data" / "ct_example" / "example_ct_seg_fast.nii.gz", labels_dir / "example.nii.gz")
-    images_dir = tmp_path / "images"
     images_dir.mkdir()
-    shutil.copy(shared_dir / "data" / "ct_example" / "example_ct.nii.gz", images_dir / "example.nii.gz")
+    example = shared_dir / "data" / "ct_example"
+    shutil.copy(example / "example_ct_seg_fast.nii.gz", labels_dir / "example.nii.gz")
+    shutil.copy(example / "example_ct.nii.gz", images_dir / "example.nii.gz")
+    sitk.WriteImage(_resampled(sitk.ReadImage(str(example / "example_ct_seg_fast.nii.gz")), 1.5,
+                               sitk.sitkNearestNeighbor), str(labels_dir / "example_fine.nii.gz"), True)
+    sitk.WriteImage(_resampled(sitk.ReadImage(str(example / "example_ct.nii.gz")), 1.5, sitk.sitkLinear),
+                    str(images_dir / "example_fine.nii.gz"), True)
     cfg = _qa_cfg("labels_version=v2", f"images_dir={images_dir}", "render.ct_slice=true", "render.material=basic")
     summary = render_subjects(labels_dir, tmp_path / "qa", cfg, progress=False)
     v1 = classes.map_v2_to_v1(sitk.GetArrayFromImage(sitk.ReadImage(str(labels_dir / "example.nii.gz"))))
-    assert summary.renders.n_classes.tolist() == [len(set(np.unique(v1)) - {0})]
-    sheet = Image.open(tmp_path / "qa" / "subjects" / "example.png")
-    assert sheet.width > 1000
+    assert summary.renders.n_classes.tolist() == [len(set(np.unique(v1)) - {0})] * 2
+    for subject in ("example", "example_fine"):
+        assert Image.open(tmp_path / "qa" / "subjects" / f"{subject}.png").width > 1000
     grids = sorted((tmp_path / "qa" / "grids").glob("grid_*.png"))
     assert [g.name for g in grids] == ["grid_001.png"]
     # The file is stored RAS (direction -1, -1, 1): the liver must still be on the left of the anterior view.
     _check_liver_left_of_spleen(read_label_map(labels_dir / "example.nii.gz", labels_version="v2"), cfg)
-    assert compute_flags(labels_dir, None, cfg, progress=False).n_flags.tolist() == [0]
+    findings = pd.read_csv(tmp_path / "qa" / "flag_findings.csv", keep_default_na=False)
+    assert findings.empty, findings
+    fine = measure_subject(labels_dir / "example_fine.nii.gz", images_dir)
+    coarse = measure_subject(labels_dir / "example.nii.gz", images_dir)
+    assert fine.index.tolist() == coarse.index.tolist()
+    np.testing.assert_allclose(fine.volume_ml, coarse.volume_ml, rtol=1e-6)  # nearest neighbour keeps volumes
+    np.testing.assert_allclose(fine[["cx", "cy", "cz"]], coarse[["cx", "cy", "cz"]], atol=0.01)
+    # Each coarse voxel is 2 x 2 x 2 fine voxels: the grid draws every class twice as many voxels thick.
+    np.testing.assert_allclose(fine.thickness_voxels, 2 * coarse.thickness_voxels, rtol=0.25)
+
+
+def measure_subject(path: Path, images_dir: Path) -> pd.DataFrame:
+    label_map = read_label_map(path, labels_version="v2")
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(images_dir / path.name)))
+    return measure(label_map.array, VoxelGrid.of_image(label_map.image), ct=ct).classes.set_index("class_name")
 
 
 def test_cohort_grids_and_skipping_finished_sheets(flag_cohort, tmp_path):

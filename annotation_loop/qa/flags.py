@@ -18,12 +18,14 @@ from totalseg_train import classes
 FLAGS: tuple[str, ...] = (
     "missing_expected",
     "fragmented",
+    "stray_piece",
     "volume_outlier",
+    "extent_outlier",
     "lr_swap",
     "order_violation",
     "outside_body",
 )
-FINDING_COLUMNS = ["subject_id", "flag", "class_name", "detail"]
+FINDING_COLUMNS = ["subject_id", "flag", "class_name", "place", "detail"]
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,11 @@ class FlagParams:
     expected_margin_levels: float = 0.5  # the scan must cover a class's usual extent by this many vertebra levels
     min_reference_subjects: int = 2  # subjects showing a class whole before its usual extent is trusted
     max_components: int = 3  # more components than this (each >= min_component_mm3) is a fragmented class
+    min_thickness_voxels: float = 3.0  # pieces and extent are judged where the grid draws a class this thick
+    stray_min_mm: float = 40.0  # a piece this far from the class's largest piece is a stray piece
     outlier_z: float = 3.5  # robust z-score of log volume beyond which a volume is an outlier...
-    outlier_min_ratio: float = 1.5  # ...if it is also this factor away from the cohort median
+    outlier_min_ratio: float = 1.5  # ...if it is also this factor away from the cohort median...
+    grid_allowance: float = 0.5  # ...widened by exp(grid_allowance x surface share): what the voxel grid blurs
     min_cohort: int = 5  # complete instances of a class needed to judge its volume
     midline_margin_mm: float = 15.0  # a one-sided structure this far on the wrong side of the midline
     order_min_step_mm: float = 0.0  # a vertebra/rib must lie at least this much below the one above
@@ -40,8 +45,31 @@ class FlagParams:
     min_outside_ml: float = 1.0  # ...as does this volume of it outside the body (a stray piece of a big organ)
 
 
-def _finding(subject: str, flag: str, name: str, detail: str) -> dict:
-    return {"subject_id": subject, "flag": flag, "class_name": name, "detail": detail}
+def _finding(subject: str, flag: str, name: str, detail: str, place: str = "") -> dict:
+    """One finding; ``place`` is filled in by cohort_flags from the class's extent where the rule leaves it out."""
+    return {"subject_id": subject, "flag": flag, "class_name": name, "place": place, "detail": detail}
+
+
+def level_name(level: float) -> str:
+    """The vertebra at a level of level_mapping's scale (0 = C1 ... 23 = L5), e.g. ``T11``; beyond the spine,
+    ``above C1`` / ``below L5``."""
+    names = [c.name.removeprefix("vertebrae_") for c in classes.vertebrae_cranio_caudal()]
+    if level < -0.5:
+        return f"above {names[0]}"
+    if level > len(names) - 0.5:
+        return f"below {names[-1]}"
+    return names[int(round(level))]
+
+
+def level_range(top: float, bottom: float) -> str:
+    first, last = level_name(top), level_name(bottom)
+    return first if first == last else f"{first}-{last}"
+
+
+def place_of(z_top: float, z_bottom: float, to_level) -> str:
+    """Where a head-foot range lies: its vertebral levels where the subject's spine gives them, and z (mm)."""
+    where = f"z {z_bottom:.0f}..{z_top:.0f} mm"
+    return f"{level_range(float(to_level(z_top)), float(to_level(z_bottom)))}, {where}" if to_level else where
 
 
 def _vertebra_levels() -> dict[str, int]:
@@ -111,6 +139,7 @@ def missing_expected(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) ->
             findings.append(_finding(subject, "missing_expected", "every class", "the label map is all background"))
             continue
         reasons: dict[str, str] = {}
+        places: dict[str, str] = {}
         to_level = mappings.get(subject)
         if to_level is not None:
             scan_top, scan_bottom = to_level(scan.z_max), to_level(scan.z_min)
@@ -119,7 +148,10 @@ def missing_expected(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) ->
                 & (reference.bottom <= scan_bottom - p.expected_margin_levels)
             ]
             for name in covered.index.difference(present.index):
-                reasons[name] = f"scan covers its usual levels {covered.top[name]:.1f}-{covered.bottom[name]:.1f}"
+                usual = level_range(covered.top[name], covered.bottom[name])
+                reasons[name] = (f"scan covers its usual levels {usual} "
+                                 f"({covered.top[name]:.1f}-{covered.bottom[name]:.1f})")
+                places[name] = f"usually {usual}"
         midline = _midline(present, scan)
         for name, row in present.iterrows():
             mirror = classes.by_name(name).mirror_name
@@ -128,12 +160,17 @@ def missing_expected(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) ->
             mirrored_x = 2 * midline - row.cx
             if scan.z_min <= row.z_bottom and row.z_top <= scan.z_max and scan.x_min <= mirrored_x <= scan.x_max:
                 reasons.setdefault(mirror, f"{name} is present and its mirror position is in the scan")
+                places.setdefault(mirror, f"opposite {name}, {place_of(row.z_top, row.z_bottom, to_level)}")
         for sequence in sequences:
             ranks = [i for i, c in enumerate(sequence) if c.name in present.index]
-            for c in sequence[min(ranks, default=0) : max(ranks, default=-1) + 1]:
+            run = sequence[min(ranks, default=0) : max(ranks, default=-1) + 1]
+            for k, c in enumerate(run):
                 if c.name not in present.index:
                     reasons.setdefault(c.name, "between two present neighbours")
-        findings += [_finding(subject, "missing_expected", n, r) for n, r in sorted(reasons.items())]
+                    above = next(n.name for n in run[k::-1] if n.name in present.index)
+                    below = next(n.name for n in run[k:] if n.name in present.index)
+                    places.setdefault(c.name, f"between {above} and {below}")
+        findings += [_finding(subject, "missing_expected", n, r, places.get(n, "")) for n, r in sorted(reasons.items())]
     return findings
 
 
@@ -148,8 +185,22 @@ def _midline(present: pd.DataFrame, scan: pd.Series) -> float:
     return float(spine.cx.median()) if len(spine) else float(scan.labels_cx)
 
 
+def _drawn_whole(stats: pd.DataFrame, p: FlagParams) -> pd.DataFrame:
+    """The classes the grid draws at least ``min_thickness_voxels`` thick: their pieces and extent are their own,
+    not the grid's (a tube one or two voxels wide breaks and shortens where it runs obliquely or where a
+    neighbour is drawn over it)."""
+    return stats[stats.thickness_voxels >= p.min_thickness_voxels]
+
+
 def fragmented(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
-    bad = stats[stats.n_components > p.max_components]
+    """Classes in more than ``max_components`` pieces.
+
+    Resolution-aware: a class the grid draws less than ``min_thickness_voxels`` thick (the esophagus at
+    6 mm in-plane) falls into pieces on the grid itself, so its pieces are not counted; at a finer grid
+    the same class is judged.
+    """
+    bad = _drawn_whole(stats, p)
+    bad = bad[bad.n_components > p.max_components]
     return [
         _finding(r.subject_id, "fragmented", r.class_name,
                  f"{r.n_components} components, the largest holds {r.largest_component_fraction:.0%}")
@@ -157,8 +208,21 @@ def fragmented(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
     ]
 
 
+def stray_pieces(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
+    """A piece of a class (of at least min_component_mm3) far from the rest of it: a label in the wrong place.
+    Classes the grid draws too thin to hold together are not judged (see fragmented)."""
+    bad = _drawn_whole(stats, p)
+    bad = bad[bad.stray_mm >= p.stray_min_mm]
+    return [_finding(r.subject_id, "stray_piece", r.class_name,
+                     f"a piece {r.stray_mm:.0f} mm from the class's largest piece") for r in bad.itertuples()]
+
+
 def robust_z(values: np.ndarray) -> np.ndarray:
-    """(x - median) / (1.4826 MAD): a z-score that a few outliers cannot hide behind."""
+    """(x - median) / (1.4826 MAD): a z-score that a few outliers cannot hide behind.
+
+    Where more than half the values are equal (MAD 0), no spread is known and every z is 0: a handful of
+    scans of the same patient must not make every other patient an outlier.
+    """
     median = np.median(values)
     mad = 1.4826 * np.median(np.abs(values - median))
     if mad == 0:
@@ -166,38 +230,66 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return (values - median) / mad
 
 
-def volume_outliers(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
-    """Complete classes whose volume is far from the cohort's, once the subject's body size is allowed for.
+def _cohort_outliers(whole: pd.DataFrame, value: pd.Series, allowance: pd.Series, p: FlagParams,
+                     describe) -> list[tuple]:
+    """(row, ratio to the cohort, z, size factor) of the rows whose log ``value`` is far from their class's.
 
-    Organ volumes scale with the patient: each subject's size factor is the median ratio of its
-    complete classes' volumes to the cohort medians, and a class is compared after dividing by it.
-    Both a robust z-score of the log volume and a minimum factor must be exceeded: in a cohort of
-    near-identical volumes the z-score alone would flag trivial differences. Classes cut by the
-    scan are not compared.
+    Each subject's size factor is the median ratio of its classes' values to the cohort medians, and a class
+    is compared after dividing by it. Both a robust z-score and a factor (``outlier_min_ratio``, widened by
+    exp(``allowance``)) must be exceeded: in a cohort of near-identical values the z-score alone would flag
+    trivial differences.
     """
-    whole = stats[~stats.truncated].copy()
-    whole["log_volume"] = np.log(whole.volume_ml.to_numpy(float))
-    counts = whole.groupby("class_name").log_volume.transform("size")
+    whole = whole.assign(log_value=np.log(value.to_numpy(float)), allowance=allowance.to_numpy(float))
+    counts = whole.groupby("class_name").log_value.transform("size")
     whole = whole[counts >= p.min_cohort]
     if whole.empty:
         return []
-    deviation = whole.log_volume - whole.groupby("class_name").log_volume.transform("median")
+    deviation = whole.log_value - whole.groupby("class_name").log_value.transform("median")
     size = deviation.groupby(whole.subject_id).transform("median")
-    whole["adjusted"] = whole.log_volume - size
-    whole["size_factor"] = np.exp(size)
+    whole = whole.assign(adjusted=whole.log_value - size, size_factor=np.exp(size))
     findings = []
     for name, group in whole.groupby("class_name"):
         adjusted = group.adjusted.to_numpy(float)
         z = robust_z(adjusted)
         centre = np.median(adjusted)
-        median_ml = float(np.exp(centre))
-        for r, zi, value in zip(group.itertuples(), z, adjusted):
-            if abs(zi) > p.outlier_z and abs(value - centre) >= np.log(p.outlier_min_ratio):
-                findings.append(_finding(
-                    r.subject_id, "volume_outlier", name,
-                    f"{r.volume_ml:.1f} ml, {np.exp(value - centre):.2f}x the cohort's {median_ml:.1f} ml "
-                    f"for the subject's size (size factor {r.size_factor:.2f}, z {zi:+.1f})"))
+        for r, zi, v in zip(group.itertuples(), z, adjusted):
+            if abs(zi) > p.outlier_z and abs(v - centre) >= np.log(p.outlier_min_ratio) + r.allowance:
+                findings.append(describe(r, np.exp(v - centre), float(np.exp(centre)), zi))
     return findings
+
+
+def volume_outliers(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
+    """Complete classes whose volume is far from the cohort's, once the subject's body size is allowed for.
+
+    Organ volumes scale with the patient (see _cohort_outliers). The factor is widened where the voxel grid
+    blurs the volume: by exp(grid_allowance x surface share), so that a thin muscle on a 6 mm grid, whose
+    volume the grid gets right only to a factor of two, is not flagged while an organ many voxels wide is
+    judged at the plain factor. Classes cut by the scan are not compared.
+    """
+    whole = stats[~stats.truncated]
+
+    def describe(r, ratio, median, z):
+        return _finding(r.subject_id, "volume_outlier", r.class_name,
+                        f"{r.volume_ml:.1f} ml, {ratio:.2f}x the cohort's {median:.1f} ml for the subject's size "
+                        f"(size factor {r.size_factor:.2f}, z {z:+.1f})")
+
+    return _cohort_outliers(whole, whole.volume_ml, p.grid_allowance * whole.surface_share, p, describe)
+
+
+def extent_outliers(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) -> list[dict]:
+    """Complete classes whose head-foot extent is far from the cohort's: a class cut off at a wrong level, or
+    running on into its neighbour's slices. The factor is widened by a slice at either end; classes the grid
+    draws too thin to hold together are not judged (see fragmented)."""
+    whole = _drawn_whole(stats[~stats.truncated], p)
+    slice_mm = scans.slice_mm.reindex(whole.subject_id).to_numpy(float)
+    extent = whole.z_top - whole.z_bottom + slice_mm
+
+    def describe(r, ratio, median, z):
+        return _finding(r.subject_id, "extent_outlier", r.class_name,
+                        f"spans {r.z_top - r.z_bottom:.0f} mm head to foot, {ratio:.2f}x the cohort's "
+                        f"{median:.0f} mm for the subject's size (z {z:+.1f})")
+
+    return _cohort_outliers(whole, extent, 2 * slice_mm / extent, p, describe)
 
 
 def lr_swaps(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) -> list[dict]:
@@ -257,6 +349,21 @@ def outside_body(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) -> lis
     ]
 
 
+def _places(findings: pd.DataFrame, stats: pd.DataFrame, scans: pd.DataFrame) -> list[str]:
+    """Each finding's place: the rule's own, else the head-foot range of its classes (both of a pair ``a/b``)."""
+    extents = stats.set_index(["subject_id", "class_name"])[["z_top", "z_bottom"]]
+    mappings = {s: level_mapping(g) for s, g in stats.groupby("subject_id")}
+    places = []
+    for r in findings.itertuples():
+        keys = [(r.subject_id, n) for n in str(r.class_name).split("/") if (r.subject_id, n) in extents.index]
+        if r.place or not keys:
+            places.append(r.place)
+            continue
+        rows = extents.loc[keys]
+        places.append(place_of(rows.z_top.max(), rows.z_bottom.min(), mappings.get(r.subject_id)))
+    return places
+
+
 def cohort_flags(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams = FlagParams()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Flags table (one row per subject of ``scans``) and the findings behind it.
 
@@ -266,12 +373,15 @@ def cohort_flags(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams = FlagP
     findings = pd.DataFrame(
         missing_expected(stats, scans, p)
         + fragmented(stats, p)
+        + stray_pieces(stats, p)
         + volume_outliers(stats, p)
+        + extent_outliers(stats, scans, p)
         + lr_swaps(stats, scans, p)
         + order_violations(stats, p)
         + outside_body(stats, scans, p),
         columns=FINDING_COLUMNS,
     )
+    findings["place"] = _places(findings, stats, scans)
     rows = []
     for subject in scans.index:
         mine = findings[findings.subject_id == subject]

@@ -33,6 +33,7 @@ class StatsParams:
 CLASS_COLUMNS = {"class_id": "int64", "class_name": "object", "voxels": "int64", "volume_ml": "float64",
                  "cx": "float64", "cy": "float64", "cz": "float64", "z_top": "float64", "z_bottom": "float64",
                  "truncated": "bool", "n_components": "int64", "largest_component_fraction": "float64",
+                 "stray_mm": "float64", "surface_share": "float64", "thickness_voxels": "float64",
                  "outside_fraction": "float64", "outside_ml": "float64"}
 
 
@@ -120,11 +121,57 @@ def isolated_voxels(labels: np.ndarray, grid: VoxelGrid, params: StatsParams):
     return count
 
 
+_CUBE = np.ones((3, 3, 3), bool)
+
+
+def surface_share(mask: np.ndarray) -> float:
+    """Exposed voxel faces / (2 x voxels): how much of a class the voxel grid's half-voxel uncertainty touches.
+
+    About 3 / n for a cube n voxels wide: 0.1 for a liver at 1.5 mm, 1 and more for a structure one or two
+    voxels thick (a thin muscle or the esophagus at 6 mm), whose volume and connectivity the grid cannot
+    show reliably.
+    """
+    padded = np.pad(mask, 1)
+    faces = sum(int(np.count_nonzero(np.diff(padded, axis=a))) for a in range(3))
+    return faces / (2.0 * max(1, int(np.count_nonzero(mask))))
+
+
+def thickness_voxels(mask: np.ndarray, spacing_zyx) -> float:
+    """Diameter of the largest ball inside the class, in voxels of the grid's coarsest spacing: how many voxels
+    thick the grid draws the class (a cut or a hole does not make it thinner)."""
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing_zyx)
+    return float(2.0 * depth.max() / max(spacing_zyx))
+
+
+def _stray_mm(components: np.ndarray, sizes: np.ndarray, min_voxels: int, spacing_zyx, box: tuple[slice, ...],
+              shape: tuple[int, ...]) -> float:
+    """How far the most isolated piece of a class (of at least ``min_voxels``) lies from every other piece of it:
+    the gap (mm) between bounding boxes; 0 for a class in one piece.
+
+    Measured to the nearest other piece, not to the largest: a tube that the grid or an overlying structure
+    breaks into a chain of pieces is not stray, a piece dropped far from its class is. A piece touching the
+    edge of the scan (``box`` of ``components`` in an array of ``shape``) is never stray: it may join the rest
+    of its class outside the scan.
+    """
+    if len(sizes) < 2:
+        return 0.0
+    boxes = ndimage.find_objects(components)
+    lo = np.array([[s.start for s in piece] for piece in boxes], float)
+    hi = np.array([[s.stop - 1 for s in piece] for piece in boxes], float)
+    start = np.array([s.start for s in box], float)
+    at_edge = ((lo + start) == 0).any(axis=1) | ((hi + start) == np.array(shape) - 1).any(axis=1)
+    gap = np.maximum(0.0, np.maximum(lo[:, None] - hi[None], lo[None] - hi[:, None]) - 1) * np.asarray(spacing_zyx)
+    distance = np.sqrt((gap ** 2).sum(axis=2))
+    np.fill_diagonal(distance, np.inf)
+    return float(distance.min(axis=1)[(sizes >= min_voxels) & ~at_edge].max(initial=0.0))
+
+
 def measure(
     labels: np.ndarray, grid: VoxelGrid, params: StatsParams = StatsParams(), ct: np.ndarray | None = None
 ) -> SubjectStats:
     """Volume, centroid, extent, components and share outside the body of every class present."""
     affine = grid.index_to_patient()
+    spacing_zyx = _spacing_zyx(grid)
     voxel_mm3 = float(np.prod(grid.spacing_xyz))
     min_voxels = max(1, int(np.ceil(params.min_component_mm3 / voxel_mm3)))
     if ct is not None:
@@ -154,7 +201,9 @@ def measure(
             [[x, y, z, 1.0] for z in (box[0].start, box[0].stop - 1) for y in (box[1].start, box[1].stop - 1)
              for x in (box[2].start, box[2].stop - 1)]
         ) @ affine.T
-        components, n_comp = ndimage.label(mask)
+        # Pieces touching at an edge or a corner are one piece: a thin oblique structure (the esophagus on a
+        # coarse grid) is drawn as voxels meeting at their corners.
+        components, _ = ndimage.label(mask, structure=_CUBE)
         sizes = np.bincount(components.ravel())[1:]
         touches = any(s.start == 0 or s.stop == size for s, size in zip(box, labels.shape))
         outside = outside_count(class_id, box, mask)
@@ -172,6 +221,9 @@ def measure(
                 "truncated": bool(touches),
                 "n_components": int(np.count_nonzero(sizes >= min_voxels)),
                 "largest_component_fraction": float(sizes.max() / n),
+                "stray_mm": _stray_mm(components, sizes, min_voxels, spacing_zyx, box, labels.shape),
+                "surface_share": surface_share(mask),
+                "thickness_voxels": thickness_voxels(mask, spacing_zyx),
                 "outside_fraction": outside / n,
                 "outside_ml": outside * voxel_mm3 / 1000.0,
             }
@@ -185,6 +237,7 @@ def measure(
         "x_min": float(image_corners[:, 0].min()),
         "x_max": float(image_corners[:, 0].max()),
         "labels_cx": float(weighted[0] / total) if total else np.nan,
+        "slice_mm": float(grid.spacing_xyz[2 - _axial_axis(grid)]),
         "body_source": body_source,
     }
     return SubjectStats(pd.DataFrame(rows, columns=list(CLASS_COLUMNS)).astype(CLASS_COLUMNS), scan)

@@ -52,7 +52,7 @@ class ReviewData:
         self.flags = self.flags[self.flags.subject_id.map(lambda s: bool(SUBJECT_ID.match(s)))]
         findings_csv = qa_dir / "flag_findings.csv"
         self.findings = (pd.read_csv(findings_csv, keep_default_na=False, dtype={"subject_id": str})
-                         if findings_csv.exists() else pd.DataFrame(columns=["subject_id", "flag", "class_name", "detail"]))
+                         if findings_csv.exists() else pd.DataFrame(columns=["subject_id", "flag", "class_name", "place", "detail"]))
         self.ids = set(self.flags.subject_id)
         # The flag columns between subject_id and the totals: QA's rules, or another stage's QC (heart transfer).
         self.flag_names = [c for c in self.flags.columns if c not in ("subject_id", "n_flags", "flags")]
@@ -69,7 +69,7 @@ class ReviewData:
                 "n_flags": int(r.n_flags),
                 "flags_text": getattr(r, "flags"),
                 "findings": [
-                    f"{f.flag}: {f.class_name}: {f.detail}"
+                    f"{f.flag}: {f.class_name}{' at ' + f.place if getattr(f, 'place', '') else ''}: {f.detail}"
                     for f in self.findings[self.findings.subject_id == r.subject_id].itertuples()
                 ],
                 "thumb": f"/thumbs/{r.subject_id}.png",

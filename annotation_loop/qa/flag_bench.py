@@ -1,0 +1,224 @@
+"""How well the QA flags find planted errors, and how often they raise alarms on clean label maps.
+
+    python -m annotation_loop.qa.flag_bench --cohort demo=DIR [--cohort fine=DIR ...] [--real CT SEG] --out FILE
+
+Each cohort is a folder of clean label maps (v1 ids); ``--real`` adds the real example CT with its label map,
+cut at several head-foot extents to make a cohort of one anatomy (the cut maps keep their CT for the body).
+Per cohort and error kind: recall (planted errors flagged on a planted class) and the false-alarm rate (clean
+subjects with any flag). Errors are planted on a tenth of the subjects at a time, so that the cohort rules see
+what a real cohort shows: mostly clean subjects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from annotation_loop.qa.flags import FlagParams, cohort_flags
+from annotation_loop.qa.label_stats import StatsParams, measure
+from annotation_loop.qa.meshing import VoxelGrid
+from annotation_loop.qa.planted_errors import ERROR_KINDS, PlantSettings, found, plant
+from totalseg_train import classes
+from totalseg_train.label_maps import read_label_map
+
+GOAL_RECALL = 0.90
+GOAL_FALSE_ALARMS = 0.05
+GROUPS = 10  # errors are planted on one subject in GROUPS at a time
+# Errors of a class's shape: the flags judge them only on classes the grid draws at least
+# FlagParams.min_thickness_voxels thick (flags.fragmented); recall is given over those and over all.
+SHAPE_KINDS = frozenset({"split", "stray_far", "grown", "shrunk", "cut_off"})
+
+
+@dataclass
+class Subject:
+    subject_id: str
+    labels: np.ndarray
+    grid: VoxelGrid
+    ct: np.ndarray | None = None
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        return tuple(self.grid.spacing_xyz[::-1])
+
+
+def read_cohort(folder: Path) -> list[Subject]:
+    subjects = []
+    for path in sorted(folder.glob("*.nii.gz")):
+        label_map = read_label_map(path)
+        subjects.append(Subject(path.name[: -len(".nii.gz")], label_map.array, VoxelGrid.of_image(label_map.image)))
+    if not subjects:
+        raise SystemExit(f"no label maps (*.nii.gz) in {folder}")
+    return subjects
+
+
+def real_cohort(ct_path: Path, seg_path: Path, n: int = 12, seed: int = 0) -> list[Subject]:
+    """The real CT and its label map, cut at ``n`` seeded head-foot extents (each keeps 70-95 % of the slices)
+    and redrawn on a grid of seeded spacing (85-115 % of the original per axis): one anatomy as scans of
+    different extent and resolution show it."""
+    labels = sitk.ReadImage(str(seg_path))
+    ct = sitk.ReadImage(str(ct_path))
+    if ct.GetSize() != labels.GetSize():
+        raise SystemExit(f"{ct_path} {ct.GetSize()} and {seg_path} {labels.GetSize()} differ in size")
+    rng = np.random.default_rng(seed)
+    axis = int(np.argmax(np.abs(np.reshape(labels.GetDirection(), (3, 3))[2, :])))  # image axis along z
+    subjects = []
+    for k in range(n):
+        size = labels.GetSize()[axis]
+        keep = int(size * rng.uniform(0.70, 0.95))
+        index, extent = [0, 0, 0], list(labels.GetSize())
+        index[axis], extent[axis] = int(rng.integers(0, size - keep + 1)), keep
+        spacing = [s * rng.uniform(0.85, 1.15) for s in labels.GetSpacing()]
+        shape = [int(e * s0 / s1) for e, s0, s1 in zip(extent, labels.GetSpacing(), spacing)]
+        origin = labels.TransformIndexToPhysicalPoint(index)
+
+        def redraw(image, interpolator, fill):
+            return sitk.Resample(image, shape, sitk.Transform(), interpolator, origin, spacing,
+                                 image.GetDirection(), fill, image.GetPixelID())
+
+        cut = redraw(labels, sitk.sitkNearestNeighbor, 0)
+        v1 = classes.map_v2_to_v1(sitk.GetArrayFromImage(cut))
+        ct_array = sitk.GetArrayFromImage(redraw(ct, sitk.sitkLinear, -1024)).astype(np.float32)
+        subjects.append(Subject(f"real_{k:02d}", v1, VoxelGrid.of_image(cut), ct_array))
+    return subjects
+
+
+def _measure(labels: np.ndarray, grid: VoxelGrid, ct: np.ndarray | None, subject_id: str):
+    stats = measure(labels, grid, StatsParams(), ct)
+    stats.classes.insert(0, "subject_id", subject_id)
+    return stats.classes, stats.scan
+
+
+def _plant_and_measure(subject: Subject, kind: str, seed: int, settings: PlantSettings):
+    planted = plant(subject.labels, subject.spacing_zyx, kind, seed, settings)
+    if planted is None:
+        return None
+    labels, error = planted
+    return error, _measure(labels, subject.grid, subject.ct, subject.subject_id)
+
+
+def _cohort_tables(measured: list[tuple[pd.DataFrame, dict]], ids: list[str]):
+    stats = pd.concat([m[0] for m in measured], ignore_index=True)
+    scans = pd.DataFrame([m[1] for m in measured], index=pd.Index(ids, name="subject_id"))
+    return stats, scans
+
+
+@dataclass
+class Measured:
+    """A cohort's clean measurements and, per error kind, each subject's planted error and measurements."""
+
+    name: str
+    subjects: list[str]
+    spacing_mm: list[float]
+    clean: list[tuple[pd.DataFrame, dict]]
+    planted: dict[str, list]  # kind -> per subject (PlantedError, measurements) or None
+
+
+def measure_cohort(name: str, subjects: list[Subject], workers: int, seed: int = 0,
+                   settings: PlantSettings = PlantSettings()) -> Measured:
+    """Measure every clean subject and every subject with each kind of error planted (seeded)."""
+    ids = [s.subject_id for s in subjects]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        clean = list(pool.map(_measure, [s.labels for s in subjects], [s.grid for s in subjects],
+                              [s.ct for s in subjects], ids))
+        planted = {}
+        for k, kind in enumerate(ERROR_KINDS):
+            seeds = [seed * 1000 + 100 * k + i for i in range(len(subjects))]
+            planted[kind] = list(pool.map(_plant_and_measure, subjects, [kind] * len(subjects), seeds,
+                                          [settings] * len(subjects)))
+    return Measured(name, ids, list(subjects[0].grid.spacing_xyz), clean, planted)
+
+
+def judge(measured: Measured, params: FlagParams = FlagParams()) -> dict:
+    """Recall per error kind and the false-alarm rate on the clean cohort; also the clean findings."""
+    ids, clean = measured.subjects, measured.clean
+    table, findings = cohort_flags(*_cohort_tables(clean, ids), params)
+    result = {"cohort": measured.name, "subjects": len(ids), "spacing_mm": measured.spacing_mm,
+              "false_alarm_rate": float((table.n_flags > 0).mean()),
+              "clean_flags": findings.assign(text=findings.flag + " " + findings.class_name)
+              .groupby("text").subject_id.nunique().sort_values(ascending=False).to_dict(),
+              "kinds": {}}
+    thickness = pd.concat([c for c, _ in clean]).set_index(["subject_id", "class_name"]).thickness_voxels
+    for kind, planted in measured.planted.items():
+        hits, n, missed = 0, 0, []
+        judged_hits, judged = 0, 0
+        for group in range(GROUPS):
+            members = [i for i in range(group, len(ids), GROUPS) if planted[i] is not None]
+            if not members:
+                continue
+            cohort = [planted[i][1] if i in members else clean[i] for i in range(len(ids))]
+            _, group_findings = cohort_flags(*_cohort_tables(cohort, ids), params)
+            for i in members:
+                error = planted[i][0]
+                hit = found(group_findings[group_findings.subject_id == ids[i]], error)
+                visible = kind not in SHAPE_KINDS or all(
+                    thickness[ids[i], c] >= params.min_thickness_voxels for c in error.classes)
+                n, hits = n + 1, hits + hit
+                judged, judged_hits = judged + visible, judged_hits + (hit and visible)
+                if visible and not hit:
+                    missed.append(f"{ids[i]}: {error.description}")
+        result["kinds"][kind] = {"planted": n, "found": hits, "recall": hits / n if n else None,
+                                 "judged": judged, "judged_found": judged_hits,
+                                 "judged_recall": judged_hits / judged if judged else None, "missed": missed}
+    return result
+
+
+def _print(result: dict) -> None:
+    spacing = " x ".join(f"{s:g}" for s in result["spacing_mm"])
+    print(f"\n{result['cohort']}: {result['subjects']} subjects, {spacing} mm")
+    print(f"  false alarms: {result['false_alarm_rate']:.0%} of clean subjects flagged "
+          f"(goal <= {GOAL_FALSE_ALARMS:.0%})")
+    for text, count in result["clean_flags"].items():
+        print(f"    {count:3d} x {text}")
+    print(f"  {'error kind':16s} {'planted':>7s} {'found':>6s} {'recall':>7s}   {'judged':>6s} {'found':>6s} "
+          f"{'recall':>7s}  (judged: on classes the grid draws >= 3 voxels thick; goal >= {GOAL_RECALL:.0%})")
+
+    def percent(x):
+        return "-" if x is None else f"{x:.0%}"
+
+    for kind, r in result["kinds"].items():
+        print(f"  {kind:16s} {r['planted']:7d} {r['found']:6d} {percent(r['recall']):>7s}   {r['judged']:6d} "
+              f"{r['judged_found']:6d} {percent(r['judged_recall']):>7s}")
+        for text in r["missed"][:3]:
+            print(f"      missed {text}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cohort", action="append", default=[], metavar="NAME=DIR",
+                        help="a folder of clean v1 label maps (repeatable)")
+    parser.add_argument("--real", nargs=2, metavar=("CT", "SEG"), help="a real CT and its v2 label map")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    cohorts = []
+    for spec in args.cohort:
+        name, _, folder = spec.partition("=")
+        cohorts.append((name, read_cohort(Path(folder))))
+    if args.real:
+        cohorts.append(("real", real_cohort(Path(args.real[0]), Path(args.real[1]))))
+    if not cohorts:
+        parser.error("give at least one --cohort or --real")
+    results = []
+    for name, subjects in cohorts:
+        start = time.perf_counter()
+        results.append(judge(measure_cohort(name, subjects, args.workers, args.seed)))
+        _print(results[-1])
+        print(f"  ({time.perf_counter() - start:.0f} s)")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
