@@ -153,9 +153,10 @@ def render_subjects(
 
 
 def _previous_renders(out: Path) -> pd.DataFrame:
-    """The render records of renders.csv and of every shard part, the latest per subject."""
+    """The render records of renders.csv and of every shard part, the latest per subject; on a tie (times are
+    to the second) renders.csv wins: the merge writes it after the parts, rewriting sheets the parts drew."""
     tables = [pd.read_csv(path, keep_default_na=False, dtype={"subject_id": str, "labels_sha256": str})
-              for path in [out / RENDERS_CSV, *(p for _, p in part_files(out, RENDERS_PART, ".csv"))]
+              for path in [*(p for _, p in part_files(out, RENDERS_PART, ".csv")), out / RENDERS_CSV]
               if path.is_file()]
     if not tables:
         return pd.DataFrame(columns=RENDER_COLUMNS).set_index("subject_id")
