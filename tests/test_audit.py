@@ -14,7 +14,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import pydicom
 import pytest
 import SimpleITK as sitk
 import torch

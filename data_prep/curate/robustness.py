@@ -11,7 +11,6 @@ per kind and outcome, with one reason as example.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable

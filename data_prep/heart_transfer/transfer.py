@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from omegaconf import DictConfig
 
-from data_prep.heart_transfer.registration import (Box, RegistrationError, RegistrationResult, crop_to_box, mask_box,
+from data_prep.heart_transfer.registration import (Box, RegistrationResult, crop_to_box, mask_box,
                                                    physical_box, register)
 from totalseg_train import classes
 from totalseg_train.config import compose_config

@@ -18,7 +18,6 @@ from typing import Any
 
 import pandas as pd
 
-from totalseg_train.engine.labelled_subjects import read_subjects
 from totalseg_train.engine.split import Split, load_or_create_split
 
 log = logging.getLogger(__name__)
