@@ -66,12 +66,15 @@ def order_against_effort(worklist: pd.DataFrame, effort: pd.DataFrame, seeds: in
 
 
 def order_by_round(efforts: pd.DataFrame, worklists: dict[int, pd.DataFrame], seeds: int = 1000) -> pd.DataFrame:
-    """One row per round with a worklist and enough corrected subjects (see COLUMNS)."""
+    """One row per round with a ranked worklist and enough corrected subjects (see COLUMNS); the first
+    handout (round 0, drawn from scratch) is not ranked."""
     if efforts.empty:
         return pd.DataFrame(columns=COLUMNS)
     measured = measured_effort(efforts)
     rows = []
     for number, worklist in sorted(worklists.items()):
+        if "expected_effort" not in worklist.columns:
+            continue
         row = order_against_effort(worklist, measured[measured["round"] == number], seeds)
         if row is not None:
             rows.append({"round": number, **row})

@@ -39,9 +39,10 @@ def test_a_good_order_beats_random_and_a_reversed_one_is_negative():
     assert row["worklist_ci_low"] <= row["spearman_worklist"] <= row["worklist_ci_high"]
 
 
-def test_rounds_with_too_few_corrected_subjects_are_left_out():
+def test_rounds_with_too_few_corrected_subjects_and_the_unranked_first_handout_are_left_out():
     worklist, efforts = _tables()
-    table = order_by_round(efforts, {1: worklist, 2: worklist.head(3)}, seeds=50)
+    handout = worklist[["subject_id"]]  # round 0's list of subjects to draw from scratch: not ranked
+    table = order_by_round(efforts, {0: handout, 1: worklist, 2: worklist.head(3)}, seeds=50)
     assert table["round"].tolist() == [1]
     text = "\n".join(markdown(table))
     assert "| 1 | 20 |" in text and "Worklist order" in text
