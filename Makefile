@@ -15,10 +15,12 @@ SIMULATED := $(WORKSPACE)/annotation/incoming/simulated
 # make heart: the contrast subjects' heart labels are taken from these full label maps (the demo's exact truth,
 # which its simulated annotator's final labels equal; $(WORKSPACE)/annotation/final/labels works too).
 HEART_LABELS ?= $(WORKSPACE)/truth_labels
+REAL_CT := $(CURDIR)/../shared/data/ct_example/example_ct.nii.gz
+REAL_SEG := $(CURDIR)/../shared/data/ct_example/example_ct_seg_fast.nii.gz
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 
 .DEFAULT_GOAL := help
-.PHONY: audit release robustness bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics bench-scale
+.PHONY: audit release robustness bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-qa-flags bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics bench-scale
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -114,6 +116,14 @@ bench-qa: setup ## Time one subject's 8-view QA sheet against the plain single-v
 	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
 	$(PY) -m data_prep.phantom paths.workspace=$$d n_subjects=1 pixel_spacing_mm=1.5 workers=1 >/dev/null && \
 	$(PY) -m annotation_loop.qa.bench --labels $$d/raw/truth/p0000_e0_s02.nii.gz --spacing-mm 1.5
+
+bench-qa-flags: setup ## Planted errors: the QA flags' recall per error kind and false alarms on the demo's 6 mm phantom, a 3 mm phantom and the real example (~10 min)
+	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
+	$(PY) -m data_prep.phantom paths.workspace=$$d/demo n_subjects=$(DEMO_SUBJECTS) $(DEMO_PHANTOM) >/dev/null && \
+	$(PY) -m data_prep.phantom paths.workspace=$$d/fine n_subjects=16 'slice_thickness_mm.values=[3.0]' \
+	  'slice_thickness_mm.weights=[1.0]' >/dev/null && \
+	$(PY) -m annotation_loop.qa.flag_bench --cohort demo_6mm=$$d/demo/raw/truth/index.csv \
+	  --cohort phantom_3mm=$$d/fine/raw/truth/index.csv --real $(REAL_CT) $(REAL_SEG) --out $(CURDIR)/workspace/bench_qa_flags.json
 
 bootstrap-round: setup ## One annotation bootstrap round: make bootstrap-round [N=100] [WORKSPACE=...]
 	$(PY) -m annotation_loop.round paths.workspace=$(WORKSPACE) $(if $(N),n_reviewed=$(N))

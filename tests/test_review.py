@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -91,7 +92,9 @@ def test_review_page_loads_thumbnails_and_records_a_decision(server, browser, qa
     wait.until(lambda d: d.execute_script(
         "const i = document.getElementById('sheet'); return i.complete && i.naturalWidth > 0"))
     assert browser.find_element(By.ID, "sheet").get_attribute("src").endswith("/sheets/s09.png")
-    assert "kidney_left/kidney_right" in browser.find_element(By.ID, "viewer-findings").text
+    findings = browser.find_element(By.ID, "viewer-findings").text
+    # The finding names its class and its place (vertebral levels and head-foot range), so a reviewer goes there.
+    assert re.search(r"lr_swap: kidney_left/kidney_right at [CTL]\d+(-[CTL]\d+)?, z -?\d+\.\.-?\d+ mm: ", findings), findings
     browser.find_element(By.ID, "viewer-close").click()
 
     # Decide: needs correction, with a note.

@@ -2,8 +2,9 @@
 
     python -m annotation_loop.qa.flag_bench --cohort demo=DIR [--cohort fine=DIR ...] [--real CT SEG] --out FILE
 
-Each cohort is a folder of clean label maps (v1 ids); ``--real`` adds the real example CT with its label map,
-cut at several head-foot extents to make a cohort of one anatomy (the cut maps keep their CT for the body).
+Each cohort is a folder of clean label maps (v1 ids) or a phantom's ``truth/index.csv``; ``--real`` adds the
+real example CT with its label map, cut at several head-foot extents and redrawn at several spacings to make a
+cohort of one anatomy (the cut maps keep their CT for the body).
 Per cohort and error kind: recall (planted errors flagged on a planted class) and the false-alarm rate (clean
 subjects with any flag). Errors are planted on a tenth of the subjects at a time, so that the cohort rules see
 what a real cohort shows: mostly clean subjects.
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from tqdm import tqdm
 
 from annotation_loop.qa.flags import FlagParams, cohort_flags
 from annotation_loop.qa.label_stats import StatsParams, measure
@@ -50,13 +52,21 @@ class Subject:
         return tuple(self.grid.spacing_xyz[::-1])
 
 
+def cohort_files(path: Path) -> list[Path]:
+    """The label maps of a cohort: a folder's ``*.nii.gz``, or the included series of a phantom's truth index."""
+    if path.is_file():
+        index = pd.read_csv(path, keep_default_na=False)
+        return [path.parent.parent / f for f in index[index.expected == "included"].truth_file]
+    return sorted(path.glob("*.nii.gz"))
+
+
 def read_cohort(folder: Path) -> list[Subject]:
     subjects = []
-    for path in sorted(folder.glob("*.nii.gz")):
+    for path in cohort_files(folder):
         label_map = read_label_map(path)
         subjects.append(Subject(path.name[: -len(".nii.gz")], label_map.array, VoxelGrid.of_image(label_map.image)))
     if not subjects:
-        raise SystemExit(f"no label maps (*.nii.gz) in {folder}")
+        raise SystemExit(f"no label maps in {folder} (a folder of *.nii.gz or a phantom's truth/index.csv)")
     return subjects
 
 
@@ -91,18 +101,18 @@ def real_cohort(ct_path: Path, seg_path: Path, n: int = 12, seed: int = 0) -> li
     return subjects
 
 
-def _measure(labels: np.ndarray, grid: VoxelGrid, ct: np.ndarray | None, subject_id: str):
+def measure_labels(labels: np.ndarray, grid: VoxelGrid, ct: np.ndarray | None, subject_id: str):
     stats = measure(labels, grid, StatsParams(), ct)
     stats.classes.insert(0, "subject_id", subject_id)
     return stats.classes, stats.scan
 
 
-def _plant_and_measure(subject: Subject, kind: str, seed: int, settings: PlantSettings):
+def plant_and_measure(subject: Subject, kind: str, seed: int, settings: PlantSettings):
     planted = plant(subject.labels, subject.spacing_zyx, kind, seed, settings)
     if planted is None:
         return None
     labels, error = planted
-    return error, _measure(labels, subject.grid, subject.ct, subject.subject_id)
+    return error, measure_labels(labels, subject.grid, subject.ct, subject.subject_id)
 
 
 def _cohort_tables(measured: list[tuple[pd.DataFrame, dict]], ids: list[str]):
@@ -127,12 +137,12 @@ def measure_cohort(name: str, subjects: list[Subject], workers: int, seed: int =
     """Measure every clean subject and every subject with each kind of error planted (seeded)."""
     ids = [s.subject_id for s in subjects]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        clean = list(pool.map(_measure, [s.labels for s in subjects], [s.grid for s in subjects],
+        clean = list(pool.map(measure_labels, [s.labels for s in subjects], [s.grid for s in subjects],
                               [s.ct for s in subjects], ids))
         planted = {}
-        for k, kind in enumerate(ERROR_KINDS):
+        for k, kind in enumerate(tqdm(ERROR_KINDS, desc=f"{name}: planting and measuring", unit="kind")):
             seeds = [seed * 1000 + 100 * k + i for i in range(len(subjects))]
-            planted[kind] = list(pool.map(_plant_and_measure, subjects, [kind] * len(subjects), seeds,
+            planted[kind] = list(pool.map(plant_and_measure, subjects, [kind] * len(subjects), seeds,
                                           [settings] * len(subjects)))
     return Measured(name, ids, list(subjects[0].grid.spacing_xyz), clean, planted)
 
@@ -194,7 +204,7 @@ def _print(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cohort", action="append", default=[], metavar="NAME=DIR",
-                        help="a folder of clean v1 label maps (repeatable)")
+                        help="a folder of clean v1 label maps, or a phantom's truth/index.csv (repeatable)")
     parser.add_argument("--real", nargs=2, metavar=("CT", "SEG"), help="a real CT and its v2 label map")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

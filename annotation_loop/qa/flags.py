@@ -34,7 +34,7 @@ class FlagParams:
     min_reference_subjects: int = 2  # subjects showing a class whole before its usual extent is trusted
     max_components: int = 3  # more components than this (each >= min_component_mm3) is a fragmented class
     min_thickness_voxels: float = 3.0  # pieces and extent are judged where the grid draws a class this thick
-    stray_min_mm: float = 40.0  # a piece this far from the class's largest piece is a stray piece
+    stray_min_mm: float = 40.0  # a piece this far from every other piece of its class is a stray piece
     outlier_z: float = 3.5  # robust z-score of log volume beyond which a volume is an outlier...
     outlier_min_ratio: float = 1.5  # ...if it is also this factor away from the cohort median...
     grid_allowance: float = 0.5  # ...widened by exp(grid_allowance x surface share): what the voxel grid blurs

@@ -175,7 +175,9 @@ def measure(
     voxel_mm3 = float(np.prod(grid.spacing_xyz))
     min_voxels = max(1, int(np.ceil(params.min_component_mm3 / voxel_mm3)))
     if ct is not None:
-        body = body_mask_from_ct(ct, grid, params)
+        # A label one voxel beyond the skin is where the grid puts the edge of the lung or the chest wall on a
+        # coarse grid (a 6 mm voxel straddles the skin), not outside the body: the body is grown by a voxel.
+        body = ndimage.binary_dilation(body_mask_from_ct(ct, grid, params), structure=_CUBE)
         body_source = "ct"
 
         def outside_count(class_id, box, mask):

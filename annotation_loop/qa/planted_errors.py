@@ -15,19 +15,6 @@ from scipy import ndimage
 
 from totalseg_train import classes
 
-ERROR_KINDS: tuple[str, ...] = (
-    "lr_swap",          # a paired class and its mirror swapped
-    "neighbour_label",  # a vertebra or rib labelled as its neighbour (the paper's 1 % of subjects)
-    "missing",          # a class left out
-    "split",            # a class broken into pieces
-    "stray_far",        # a piece of a class far from its anatomy, inside the body
-    "stray_outside",    # a piece of a class in the air outside the body
-    "grown",            # a class grown by several millimetres
-    "shrunk",           # a class shrunk by several millimetres
-    "merged",           # two neighbouring classes labelled as one
-    "cut_off",          # a class cut off at a wrong level
-)
-
 
 @dataclass(frozen=True)
 class PlantSettings:
@@ -166,19 +153,23 @@ def _stray(labels, spacing_zyx, rng, settings, outside: bool):
     if not options:
         return None
     c = int(rng.choice(options))
-    anatomy = labels > 0
+    # Places are looked for on a grid of about 6 mm: the distances are tens of millimetres.
+    step = [max(1, int(6.0 // s)) for s in spacing_zyx]
+    coarse = labels[::step[0], ::step[1], ::step[2]]
+    sampling = [s * f for s, f in zip(spacing_zyx, step)]
+    anatomy = coarse > 0
     if outside:
-        places = _distance_mm(anatomy, spacing_zyx) >= settings.stray_outside_mm
+        places = _distance_mm(anatomy, sampling) >= settings.stray_outside_mm
     else:
-        places = anatomy & (labels != c) & (_distance_mm(labels == c, spacing_zyx) >= settings.stray_far_mm)
+        places = anatomy & (coarse != c) & (_distance_mm(coarse == c, sampling) >= settings.stray_far_mm)
         places &= ndimage.binary_erosion(anatomy, iterations=2)  # wholly inside the anatomy
-    margin = [max(1, int(np.ceil(10.0 / s))) for s in spacing_zyx]  # not cut by the border
+    margin = [max(1, int(np.ceil(10.0 / s))) for s in sampling]  # not cut by the border
     inner = np.zeros_like(places)
-    inner[tuple(slice(m, n - m) for m, n in zip(margin, labels.shape))] = True
+    inner[tuple(slice(m, n - m) for m, n in zip(margin, coarse.shape))] = True
     spots = np.argwhere(places & inner)
     if not len(spots):
         return None
-    centre = spots[int(rng.integers(len(spots)))]
+    centre = spots[int(rng.integers(len(spots)))] * np.array(step)
     where = "outside the body" if outside else "far from its anatomy"
     kind = "stray_outside" if outside else "stray_far"
     return _blob_at(labels, centre, c, settings.stray_ml, spacing_zyx), PlantedError(
@@ -198,13 +189,18 @@ def _grow_or_shrink(labels, spacing_zyx, rng, settings, grow: bool):
     if not options:
         return None
     c = int(rng.choice(options))
-    mask = labels == c
+    margin = [int(np.ceil(settings.grow_mm / s)) + 1 for s in spacing_zyx]
+    box = ndimage.find_objects((labels == c).astype(np.uint8))[0]
+    box = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, labels.shape))
+    part = labels[box]
+    mask = part == c
     out = labels.copy()
+    view = out[box]
     if grow:  # over background only: a grown organ does not eat its neighbours' labels here
-        out[(labels == 0) & (_distance_mm(mask, spacing_zyx) <= settings.grow_mm)] = c
+        view[(part == 0) & (_distance_mm(mask, spacing_zyx) <= settings.grow_mm)] = c
     else:
-        out[mask & (_distance_mm(~mask, spacing_zyx) <= settings.grow_mm)] = 0
-        if not (out == c).any():
+        view[mask & (_distance_mm(~mask, spacing_zyx) <= settings.grow_mm)] = 0
+        if not (view == c).any():
             return None
     verb = "grown" if grow else "shrunk"
     return out, PlantedError(verb, (_name(c),), f"{_name(c)} {verb} by {settings.grow_mm:.0f} mm")
@@ -218,14 +214,24 @@ def shrunk(labels, spacing_zyx, rng, settings):
     return _grow_or_shrink(labels, spacing_zyx, rng, settings, grow=False)
 
 
+def touching_pairs(labels: np.ndarray) -> set[tuple[int, int]]:
+    """(a, b), a < b: the pairs of classes with face-adjacent voxels."""
+    pairs = set()
+    for axis in range(3):
+        a = np.moveaxis(labels, axis, 0)
+        lo, hi = a[:-1], a[1:]
+        differ = (lo != hi) & (lo > 0) & (hi > 0)
+        first, second = lo[differ].astype(np.int64), hi[differ].astype(np.int64)
+        codes = np.unique(np.minimum(first, second) * 1000 + np.maximum(first, second))
+        pairs |= {(int(c // 1000), int(c % 1000)) for c in codes}
+    return pairs
+
+
 def merged(labels, spacing_zyx, rng, settings):
     """A whole class and a touching whole class labelled as the larger of the two."""
-    whole = candidates(labels, spacing_zyx, settings)
+    whole = set(candidates(labels, spacing_zyx, settings))
     volumes = _volumes(labels, spacing_zyx)
-    pairs = []
-    for c in whole:
-        touching = np.unique(labels[ndimage.binary_dilation(labels == c) & (labels != c)])
-        pairs += [(c, int(t)) for t in touching if t > c and t in whole]
+    pairs = sorted(p for p in touching_pairs(labels) if p[0] in whole and p[1] in whole)
     if not pairs:
         return None
     a, b = pairs[int(rng.integers(len(pairs)))]
@@ -251,10 +257,18 @@ def cut_off(labels, spacing_zyx, rng, settings):
 
 
 PLANTERS = {
-    "lr_swap": lr_swap, "neighbour_label": neighbour_label, "missing": missing, "split": split,
-    "stray_far": stray_far, "stray_outside": stray_outside, "grown": grown, "shrunk": shrunk,
-    "merged": merged, "cut_off": cut_off,
+    "lr_swap": lr_swap,                  # a paired class and its mirror swapped
+    "neighbour_label": neighbour_label,  # a vertebra or rib labelled as its neighbour (the paper's 1 % of subjects)
+    "missing": missing,                  # a class left out
+    "split": split,                      # a class broken into pieces
+    "stray_far": stray_far,              # a piece of a class far from its anatomy, inside the body
+    "stray_outside": stray_outside,      # a piece of a class in the air outside the body
+    "grown": grown,                      # a class grown by several millimetres
+    "shrunk": shrunk,                    # a class shrunk by several millimetres
+    "merged": merged,                    # two touching classes labelled as one
+    "cut_off": cut_off,                  # a class cut off at a wrong level
 }
+ERROR_KINDS: tuple[str, ...] = tuple(PLANTERS)
 
 
 def plant(labels: np.ndarray, spacing_zyx, kind: str, seed: int,
