@@ -231,8 +231,9 @@ def robust_z(values: np.ndarray) -> np.ndarray:
 
 
 def _cohort_outliers(whole: pd.DataFrame, value: pd.Series, allowance: pd.Series, p: FlagParams,
-                     describe) -> list[tuple]:
-    """(row, ratio to the cohort, z, size factor) of the rows whose log ``value`` is far from their class's.
+                     describe) -> list[dict]:
+    """Findings for the rows whose log ``value`` is far from their class's: ``describe(row, ratio to the cohort,
+    cohort median, z)`` writes each (the row carries ``size_factor``).
 
     Each subject's size factor is the median ratio of its classes' values to the cohort medians, and a class
     is compared after dividing by it. Both a robust z-score and a factor (``outlier_min_ratio``, widened by
