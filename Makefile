@@ -18,6 +18,11 @@ HEART_LABELS ?= $(WORKSPACE)/truth_labels
 REAL_CT := $(CURDIR)/../shared/data/ct_example/example_ct.nii.gz
 REAL_SEG := $(CURDIR)/../shared/data/ct_example/example_ct_seg_fast.nii.gz
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
+SYSTEM_PACKAGES ?= mesa-vulkan-drivers chromium chromium-driver
+# make bench-qa's reference: TotalSegmentator's own preview in its own environment, with the fury < 2 and VTK
+# it requires (they cannot live beside our fury 2) and Xvfb, under which its preview renders.
+TSREF := .venv-tsref
+TSREF_PACKAGES := 'fury==0.12.0' 'vtk==9.3.1' 'nibabel>=5' 'xvfbwrapper>=0.2'
 
 .DEFAULT_GOAL := help
 .PHONY: audit release robustness bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-qa-flags bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics bench-scale
@@ -36,7 +41,7 @@ $(INSTALLED): pyproject.toml
 	@touch $@
 
 system-deps: ## Install the Debian packages for headless rendering and the browser test (as root), or say which are missing
-	@missing=""; for p in mesa-vulkan-drivers chromium chromium-driver; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -112,10 +117,19 @@ bench-phantom: setup ## Time the generation of 30 phantom subjects at 3 mm
 bench-eval: setup ## Time evaluation (Dice + NSD) of a 1.5 mm torso-sized subject: reference vs ours vs I/O floor
 	$(PY) -m totalseg_train.evaluate.bench
 
-bench-qa: setup ## Time one subject's 8-view QA sheet against the plain single-view fury render (104 classes, 1.5 mm; ~4 min)
-	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
-	$(PY) -m data_prep.phantom paths.workspace=$$d n_subjects=1 pixel_spacing_mm=1.5 workers=1 >/dev/null && \
-	$(PY) -m annotation_loop.qa.bench --labels $$d/raw/truth/p0000_e0_s02.nii.gz --spacing-mm 1.5
+$(TSREF)/.installed:
+	@$(MAKE) --no-print-directory system-deps SYSTEM_PACKAGES=xvfb
+	@test -x $(TSREF)/bin/python || $(PYTHON) -m venv $(TSREF)
+	$(TSREF)/bin/python -m pip install --quiet --disable-pip-version-check $(TSREF_PACKAGES) \
+	  2> >(grep -v 'is ignored: it is neither' >&2)
+	@# Its preview needs none of TotalSegmentator's other dependencies (torch, nnU-Net, ...).
+	$(TSREF)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps 'TotalSegmentator==2.18.0' \
+	  2> >(grep -v 'is ignored: it is neither' >&2)
+	@touch $@
+
+bench-qa: setup $(TSREF)/.installed ## Our QA sheets in a cohort run vs TotalSegmentator's own preview, side by side on three real label maps (~5 min)
+	$(PY) -m annotation_loop.qa.bench --reference-python $(TSREF)/bin/python --example $(CURDIR)/../shared/data/ct_example \
+	  --out $(CURDIR)/workspace/bench_qa.json
 
 bench-qa-flags: setup ## Planted errors: the QA flags' recall per error kind and false alarms on the demo's 6 mm phantom, a 3 mm phantom and the real example (~10 min)
 	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \

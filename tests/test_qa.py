@@ -21,7 +21,7 @@ from annotation_loop.qa.groups import groups_from_config, ungrouped
 from annotation_loop.qa.label_stats import measure
 from annotation_loop.qa.meshing import VoxelGrid, mesh_classes
 from annotation_loop.qa.planted_errors import ERROR_KINDS, plant
-from annotation_loop.qa.render_cohort import class_colours, style_from_config, views_from_config
+from annotation_loop.qa.render_cohort import class_colours, sheet_meshes, style_from_config, views_from_config
 from annotation_loop.qa.renderer import SheetRenderer
 from totalseg_train import classes
 from totalseg_train.config import compose_config
@@ -340,7 +340,8 @@ def test_image_from_array_helper_matches_voxel_grid():
 
 def test_a_mirrored_grid_renders_like_the_original(flag_cohort):
     """The same anatomy stored with rows running the other way (direction y = -1) must look the same,
-    lit from the front: a mirrored grid turns marching-cubes triangles inside out."""
+    lit from the front: a mirrored grid turns marching-cubes triangles inside out (and the simplified
+    meshes' normals are worked out from the triangles' winding)."""
     label_map = read_label_map(flag_cohort / "err_swap.nii.gz")
     grid = VoxelGrid.of_image(label_map.image)
     ny = label_map.array.shape[1]
@@ -352,7 +353,7 @@ def test_a_mirrored_grid_renders_like_the_original(flag_cohort):
     renderer = _renderer(cfg)
     frames = []
     for labels, voxel_grid in ((label_map.array, grid), (label_map.array[:, ::-1, :].copy(), mirrored)):
-        meshes = mesh_classes(labels, voxel_grid, 3.0, 0.7)
+        meshes = sheet_meshes(labels, voxel_grid, cfg.render)
         frame, _ = renderer.render([[m for m in meshes if m.class_id in g.class_ids] for g in groups], class_colours())
         frames.append(frame.astype(int))
     renderer.close()

@@ -23,8 +23,8 @@ from annotation_loop.qa.flag_cohort import compute_flags, qa_config
 from annotation_loop.qa.frames import Frame, load_frame, save_frame
 from annotation_loop.qa.grids import GridLayout, write_grids
 from annotation_loop.qa.groups import ClassGroup, groups_from_config
-from annotation_loop.qa.meshing import ClassMesh, VoxelGrid, mesh_classes
-from annotation_loop.qa.renderer import RenderStyle, SheetRenderer, View
+from annotation_loop.qa.meshing import ClassMesh, VoxelGrid, mesh_classes, simplified
+from annotation_loop.qa.renderer import RenderStyle, SheetRenderer, View, mesh_bounds, panel_scale
 from annotation_loop.qa.subjects import read_ct_image
 from totalseg_train import classes
 from totalseg_train.atomic import atomic_path, write_table
@@ -72,15 +72,28 @@ def views_from_config(specs) -> list[View]:
             for v in specs]
 
 
-def style_from_config(render: DictConfig) -> RenderStyle:
+def style_from_config(render) -> RenderStyle:
+    """The render style of a ``render`` config section (a DictConfig or the plain dict worker processes get)."""
     return RenderStyle(
-        panel_height=int(render.panel_height),
-        max_panel_width=int(render.max_panel_width),
-        sheet_aspect=float(render.sheet_aspect),
-        min_panel_width=int(render.min_panel_width),
-        background=tuple(float(c) for c in render.background),
-        material=str(render.material),
+        panel_height=int(render["panel_height"]),
+        max_panel_width=int(render["max_panel_width"]),
+        sheet_aspect=float(render["sheet_aspect"]),
+        min_panel_width=int(render["min_panel_width"]),
+        min_panel_height=int(render["min_panel_height"]),
+        background=tuple(float(c) for c in render["background"]),
+        material=str(render["material"]),
+        antialias=str(render["antialias"]),
     )
+
+
+def sheet_meshes(labels: np.ndarray, grid: VoxelGrid, render) -> list[ClassMesh]:
+    """The class meshes of a sheet: meshed at ``mesh_spacing_mm``, then cut to triangles about ``mesh_edge_px``
+    pixels wide at the scale the subject's panels will have (finer detail would not show)."""
+    meshes = mesh_classes(labels, grid, float(render["mesh_spacing_mm"]), float(render["smooth_sigma"]))
+    if not meshes or not render["mesh_edge_px"]:
+        return meshes
+    scale = panel_scale(*mesh_bounds(meshes), views_from_config(render["views"]), style_from_config(render))
+    return [simplified(m, float(render["mesh_edge_px"]) / scale) for m in meshes]
 
 
 def mesh_subject(path: str, images_dir: str | None, labels_version: str, render: dict,
@@ -91,8 +104,7 @@ def mesh_subject(path: str, images_dir: str | None, labels_version: str, render:
     try:
         sha256 = file_sha256(path)  # before reading: a file replaced meanwhile gets a hash the sheet does not match
         label_map = read_label_map(path, labels_version=labels_version)
-        meshes = mesh_classes(label_map.array, VoxelGrid.of_image(label_map.image), render["mesh_spacing_mm"],
-                              render["smooth_sigma"])
+        meshes = sheet_meshes(label_map.array, VoxelGrid.of_image(label_map.image), render)
         ct_slice = None
         if render["ct_slice"]:
             ct = read_ct_image(label_map, images_dir)
@@ -127,7 +139,7 @@ def _up_to_date(previous: pd.DataFrame, subject: str, path: Path, flags: str, se
 
 def _save_png(image: Image.Image, path: Path) -> None:
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", compress_level=1)  # 2x faster than the default level, files ~15 % larger
 
 
 def render_subjects(

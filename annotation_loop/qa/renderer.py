@@ -54,19 +54,46 @@ class Panel:
 
 @dataclass(frozen=True)
 class RenderStyle:
-    panel_height: int = 560
+    panel_height: int = 560  # the tallest a panel gets; a subject wider than tall gets less (same scale)
     max_panel_width: int = 420
     min_panel_width: int = 120
+    min_panel_height: int = 120
     sheet_aspect: float = 1.8  # groups wrap into rows so that the sheet comes closest to this width / height
     margin: float = 1.06  # frame around the subject's labels
     background: tuple[float, float, float] = (0.07, 0.07, 0.08)
     material: str = "phong"  # phong (lit) | basic (flat class colours)
     light_intensity: float = 2.2
     ambient_intensity: float = 0.9
+    antialias: str = "fxaa"  # pygfx's post-processing anti-aliasing: fxaa | ddaa (finer, 2x the frame time) | none
 
 
 def _box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+
+
+def panel_scale(lo: np.ndarray, hi: np.ndarray, views: Sequence[View], style: RenderStyle) -> float:
+    """Pixels per millimetre of a subject's panels: its labels' box (``lo`` .. ``hi``, LPS mm) fitted into
+    ``panel_height`` x ``max_panel_width`` in every view.
+
+    A whole body fills the height; a short slab (30 slices of the abdomen) gets short panels rather than
+    black margins that would cost rendering time and bury the anatomy in a large sheet.
+    """
+    extents = [_extent_mm(lo, hi, view, style.margin) for view in views]
+    return min(style.panel_height / max(tall for _, tall in extents),
+               style.max_panel_width / max(across for across, _ in extents))
+
+
+def _extent_mm(lo: np.ndarray, hi: np.ndarray, view: View, margin: float) -> tuple[float, float]:
+    """Width and height (mm, with the margin) of the box ``lo`` .. ``hi`` as ``view`` sees it."""
+    corners = _box_corners(lo, hi)
+    return (max(np.ptp(corners @ view.screen_right()), 1.0) * margin,
+            max(np.ptp(corners @ np.asarray(view.up, float)), 1.0) * margin)
+
+
+def mesh_bounds(meshes: Sequence[ClassMesh]) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest vertex coordinates (LPS mm) of all meshes; the origin when there are none."""
+    points = np.concatenate([m.vertices for m in meshes]) if meshes else np.zeros((1, 3), np.float32)
+    return points.min(axis=0).astype(float), points.max(axis=0).astype(float)
 
 
 class SheetRenderer:
@@ -87,6 +114,7 @@ class SheetRenderer:
         self.canvas = OffscreenCanvas(size=(style.max_panel_width, style.panel_height), pixel_ratio=1)
         self.renderer = Renderer(self.canvas)
         self.renderer.pixel_ratio = 1
+        self.renderer.ppaa = style.antialias
         self.screens = []
         for _ in range(n_groups * len(self.views)):
             scene = window.Scene(background=(*style.background, 1.0),
@@ -115,14 +143,13 @@ class SheetRenderer:
         return surface
 
     def layout(self, lo: np.ndarray, hi: np.ndarray) -> list[Panel]:
-        """Panel rectangles sized to the subject's proportions, groups wrapped into rows."""
-        h = self.style.panel_height
-        corners = _box_corners(lo, hi)
-        widths = []
-        for view in self.views:
-            across = np.ptp(corners @ view.screen_right())
-            tall = max(np.ptp(corners @ np.asarray(view.up, float)), 1.0)
-            widths.append(int(np.clip(round(h * across / tall), self.style.min_panel_width, self.style.max_panel_width)))
+        """Panel rectangles at one scale (``panel_scale``) for every view, class groups wrapped into rows."""
+        scale = panel_scale(lo, hi, self.views, self.style)
+        extents = [_extent_mm(lo, hi, view, self.style.margin) for view in self.views]
+        h = int(np.clip(round(scale * max(tall for _, tall in extents)), self.style.min_panel_height,
+                        self.style.panel_height))
+        widths = [int(np.clip(round(scale * across), self.style.min_panel_width, self.style.max_panel_width))
+                  for across, _ in extents]
         block = sum(widths)
 
         def misfit(rows: int) -> float:
@@ -151,9 +178,7 @@ class SheetRenderer:
         for screen, old in zip(self.screens, self._content):
             if old:
                 screen.scene.remove(*old)
-        all_meshes = [m for meshes in group_meshes for m in meshes]
-        points = np.concatenate([m.vertices for m in all_meshes]) if all_meshes else np.zeros((1, 3), np.float32)
-        lo, hi = points.min(axis=0).astype(float), points.max(axis=0).astype(float)
+        lo, hi = mesh_bounds([m for meshes in group_meshes for m in meshes])
         panels = self.layout(lo, hi)
         size = (max(p.rect[0] + p.rect[2] for p in panels), max(p.rect[1] + p.rect[3] for p in panels))
         if tuple(self.canvas.get_logical_size()) != size:
@@ -179,9 +204,7 @@ class SheetRenderer:
         camera.world.reference_up = np.asarray(view.up, float)
         camera.world.position = centre - look * 2 * radius
         camera.look_at(centre)
-        corners = _box_corners(lo, hi)
-        camera.width = max(np.ptp(corners @ view.screen_right()), 1.0) * self.style.margin
-        camera.height = max(np.ptp(corners @ np.asarray(view.up, float)), 1.0) * self.style.margin
+        camera.width, camera.height = _extent_mm(lo, hi, view, self.style.margin)
         camera.depth_range = (0.01 * radius, 4 * radius)
 
     def close(self) -> None:
