@@ -172,6 +172,37 @@ def test_stage_rerun_skips_finished_pairs(transferred):
     assert report.reused.all() and report.bone_dice_after.notna().all()
 
 
+def test_pairs_registered_as_two_local_jobs_give_what_one_process_wrote(transferred, tmp_path):
+    """``-m shard.index=0,1 shard.count=2 hydra/launcher=local``, the cluster pattern with submitit's local
+    executor: each job registers its own pairs, the last one merges; labels, tables and review flags are those of
+    the one-process run (the merged report's ``reused`` says the merge reused the shards' registrations)."""
+    workspace, one, _ = transferred
+    run = subprocess.run([sys.executable, "-m", "data_prep.heart_transfer", "-m", f"paths.workspace={workspace}",
+                          f"out={tmp_path}/heart", f"report={tmp_path}/heart_transfer.csv", f"qa_dir={tmp_path}/qa",
+                          "progress=false", f"labels_dir={workspace / 'truth_labels'}", "other_classes=drop",
+                          "shard.index=0,1", "shard.count=2", "hydra/launcher=local"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    reports = [pd.read_csv(folder / "heart_transfer.csv", dtype={"native_subject_id": str}) for folder in (one, tmp_path)]
+    assert reports[1].reused.all()
+    how_long = [c for c in reports[0].columns if c.endswith("_seconds")]  # how fast, not what was found
+    assert how_long
+    pd.testing.assert_frame_equal(*(r.drop(columns=["reused", *how_long]) for r in reports))
+    parts = pd.concat(pd.read_csv(tmp_path / "heart" / "shards" / f"heart_transfer_{i}of2.csv",
+                                  dtype={"native_subject_id": str}) for i in range(2))
+    assert sorted(parts.native_subject_id) == sorted(reports[0].native_subject_id), "each pair in exactly one shard"
+    assert not parts.reused.any()
+    for folder in ("labels", "flagged"):
+        names = sorted(p.name for p in (one / "heart" / folder).glob("*.nii.gz"))
+        assert names == sorted(p.name for p in (tmp_path / "heart" / folder).glob("*.nii.gz"))
+        for name in names:
+            arrays = [sitk.GetArrayFromImage(read_image(f / "heart" / folder / name)) for f in (one, tmp_path)]
+            np.testing.assert_array_equal(*arrays, err_msg=f"{folder}/{name}")
+    indexes = [pd.read_csv(f / "heart" / "labels" / "index.csv", dtype=str, keep_default_na=False) for f in (one, tmp_path)]
+    pd.testing.assert_frame_equal(*(i.drop(columns=["file"]) for i in indexes))
+    assert (one / "qa" / "flags.csv").read_bytes() == (tmp_path / "qa" / "flags.csv").read_bytes()
+
+
 def test_bad_pairs_get_a_reason_and_the_rest_go_on(curated_workspace, tmp_path):
     subjects = pd.read_csv(curated_workspace / "curated" / "subjects.csv", dtype=str, keep_default_na=False)
     contrast = subjects.subject_id[(subjects.paired_subject_id != "") & (subjects.contrast_phase != "native")]

@@ -7,6 +7,11 @@ review instead (``qc.use_flagged=true`` takes it all the same). ``<out>/labels/i
 ``report`` holds one QC row per pair, and ``qa_dir`` one sheet per pair with ``flags.csv`` for the
 review page. A pair whose inputs and settings did not change since its last transfer is not
 registered again; its row is kept in ``<out>/pairs/<native>.json``.
+
+On a cluster the pairs split into shards (``shard.index`` / ``shard.count``, by the native subject): a shard
+registers its own pairs and writes its rows to ``<out>/shards/heart_transfer_<i>of<n>.csv``; the job that
+writes the last part (or a later run without a shard) merges, reusing every shard's registrations, into the
+tables and labels folder one process would have written (its report's ``reused`` then holds for every pair).
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ from data_prep.heart_transfer.transfer import TransferError, heart_ids, transfer
 from totalseg_train.atomic import remove_stale_temporaries, write_table, write_text
 from totalseg_train.images import ImageFileError, NIFTI_SUFFIX, nifti_path, read_image, subject_id_of, write_image
 from totalseg_train.label_maps import read_label_map
-from totalseg_train.stage_lock import stage_lock
+from totalseg_train.shards import Shard, run_sharded
 
 log = logging.getLogger(__name__)
 TRANSFERRED, FLAGGED, NO_LABELS, ERROR = "transferred", "flagged", "no_labels", "error"
 SETTINGS = ("other_classes", "region", "registration", "transfer", "qc")
+REPORT_PART = "heart_transfer"  # a shard's rows: <out>/shards/heart_transfer_<index>of<count>.csv
 
 
 @dataclass(frozen=True)
@@ -179,16 +185,17 @@ def review_flags(report: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(cfg: DictConfig) -> pd.DataFrame:
-    """Transfer every pair; returns the report table (one row per pair). One run at a time per folder."""
-    with stage_lock(cfg.out, "heart-transfer"):
-        return _run(cfg)
+    """Transfer every pair (of ``cfg.shard``); returns the report table (one row per pair). One run at a time
+    per folder and shard."""
+    return run_sharded(lambda part: _run(cfg, part), Shard.from_config(cfg.get("shard")), cfg.out, "heart-transfer",
+                       REPORT_PART)
 
 
-def _run(cfg: DictConfig) -> pd.DataFrame:
+def _run(cfg: DictConfig, shard: Shard) -> pd.DataFrame:
     out, qa = Path(cfg.out), Path(cfg.qa_dir)
-    remove_stale_temporaries(qa)  # the locked out folder is cleaned by its lock
+    remove_stale_temporaries(qa)  # the locked out folder is cleaned by its lock (a running shard's files stay)
     pairs = read_pairs(cfg.subjects_csv)
-    jobs = _jobs(cfg, pairs)
+    jobs = _jobs(cfg, [p for p in pairs if shard.holds(p.native)])
     bar = dict(total=len(jobs), desc="heart transfer", unit="pair", disable=not cfg.progress)
     if int(cfg.workers) > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=int(cfg.workers)) as pool:
@@ -201,6 +208,9 @@ def _run(cfg: DictConfig) -> pd.DataFrame:
             report[column] = pd.Series(dtype=str)
     report["reused"] = report.get("reused", pd.Series(False, index=report.index)).fillna(False).astype(bool)
     report = report.drop(columns=["settings"], errors="ignore")
+    if not shard.whole:
+        write_table(report, shard.part(out, REPORT_PART, ".csv"))
+        return report
     done = report[report.status == TRANSFERRED]
     transferred = dict(zip(done.native_subject_id, done.contrast_subject_id))
     registered = set(report.native_subject_id[report.status.isin((TRANSFERRED, FLAGGED))])
