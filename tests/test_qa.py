@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -105,6 +106,23 @@ def test_flags_table_has_one_row_per_readable_subject(flags, flag_cohort):
     errors = pd.read_csv(out / "errors.csv")
     assert errors.subject_id.tolist() == ["err_broken"]
     assert "err_broken.nii.gz" in errors.error[0] and "not a readable NIfTI header" in errors.error[0]
+
+
+def test_a_second_run_measures_only_the_label_maps_that_changed(flag_cohort, tmp_path, caplog):
+    labels, out = tmp_path / "labels", tmp_path / "qa"
+    labels.mkdir()
+    for name in ("err_swap", "err_missing", "err_order", "err_broken"):
+        shutil.copy(flag_cohort / f"{name}.nii.gz", labels)
+    with caplog.at_level(logging.INFO, logger="annotation_loop.qa.flag_cohort"):
+        first = compute_flags(labels, out, _qa_cfg(), progress=False)
+        again = compute_flags(labels, out, _qa_cfg(), progress=False)
+        shutil.copy(flag_cohort / "err_volume.nii.gz", labels / "err_swap.nii.gz")  # a corrected map replaces one
+        third = compute_flags(labels, out, _qa_cfg(), progress=False)
+    counts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("QA measurements")]
+    assert counts == [f"QA measurements: {n} subjects measured now, {4 - n} up to date" for n in (4, 0, 1)]
+    pd.testing.assert_frame_equal(first, again)
+    assert "err_broken" in set(pd.read_csv(out / "errors.csv").subject_id)  # a broken file stays an error
+    pd.testing.assert_frame_equal(third, compute_flags(labels, None, _qa_cfg(), progress=False))
 
 
 def test_deliberate_left_right_swap_is_flagged(flags):

@@ -137,7 +137,8 @@ def compute_flags(
     """QA flags of every subject in ``labels_dir``: subject_id, one bool column per flag, n_flags, flags (text).
 
     With ``out_dir``, writes ``flags.csv``, ``flag_findings.csv`` (one row per class-level finding)
-    and ``errors.csv`` (subjects whose files could not be used). ``images_dir`` (default
+    and ``errors.csv`` (subjects whose files could not be used), and keeps the measurements: a later run
+    measures only subjects whose label map, CT or measurement settings changed. ``images_dir`` (default
     ``cfg.images_dir``) supplies CTs for the outside-the-body check; without a CT the body is
     judged from the labels themselves (see label_stats.isolated_voxels).
 
@@ -160,10 +161,12 @@ def compute_flags(
     todo = [s for s in mine if s not in stored]
     measured = {m.subject_id: m for m in _measure_all([str(nifti_path(labels_dir, s)) for s in todo], images_dir,
                                                       cfg, progress)}
-    if not shard.whole:
-        if out_dir is None:
-            raise ValueError("a shard of the QA flags needs out_dir for its part")
+    log.info("QA measurements: %d subjects measured now, %d up to date", len(todo), len(mine) - len(todo))
+    if out_dir is not None:
+        # Kept for the merge and for the next run (a whole run's as part 0of1): only changed files are measured again.
         _write_part(out_dir, shard, [measured.get(s) or stored[s] for s in mine], keys)
+    elif not shard.whole:
+        raise ValueError("a shard of the QA flags needs out_dir for its part")
     cohort = [measured.get(s) or stored.get(s) for s in ids]
     cohort = [m for m in cohort if m is not None]  # a shard: the subjects the other shards have not measured yet
     errors = pd.DataFrame([(m.subject_id, m.error) for m in cohort if m.error], columns=["subject_id", "error"])
