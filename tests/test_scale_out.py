@@ -85,6 +85,33 @@ def test_qa_as_three_local_jobs_gives_the_tables_of_one_process(workspace, label
     assert {p.name: p.stat().st_mtime_ns for p in (three / "subjects").glob("*.png")} == before
 
 
+def test_curation_as_three_local_jobs_gives_the_cohort_of_one_process(coarse_cohort, tmp_path):
+    """The coarse cohort's DICOM curated as three local jobs: each plans the cohort in turn and converts its share,
+    the last one writes the tables; images, key and tables are those of a run in one process."""
+    one = coarse_cohort(tmp_path / "one", 8)  # curated in one process (conftest)
+    three = tmp_path / "three"
+    shutil.copytree(one / "raw", three / "raw")
+    sweep = _run("data_prep.curate", "progress=false", *_three_local_jobs(three), sweep=True)
+    assert "Submitit 'local' sweep" in sweep.stdout + sweep.stderr
+    for table in ("subjects.csv", "withdrawn.csv"):
+        assert (one / "curated" / table).read_bytes() == (three / "curated" / table).read_bytes(), table
+    pd.testing.assert_frame_equal(*(pd.read_parquet(w / "curated" / "series.parquet") for w in (one, three)))
+    assert (one / "private" / "pseudonym_key.csv").read_bytes() == (three / "private" / "pseudonym_key.csv").read_bytes()
+    assert (one / "reports" / "characteristics.csv").read_bytes() == (three / "reports" / "characteristics.csv").read_bytes()
+    images = sorted(p.name for p in (one / "curated" / "images").glob("*.nii.gz"))
+    assert images and images == sorted(p.name for p in (three / "curated" / "images").glob("*.nii.gz"))
+    for name in images:
+        a, b = (sitk.ReadImage(str(w / "curated" / "images" / name)) for w in (one, three))
+        assert (a.GetOrigin(), a.GetSpacing(), a.GetDirection()) == (b.GetOrigin(), b.GetSpacing(), b.GetDirection())
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b), err_msg=name)
+    parts = pd.concat(pd.read_csv(three / "curated" / PARTS_DIR / f"conversions_{i}of3.csv", dtype=str)
+                      for i in range(3))
+    assert sorted(parts.subject_id) == [name[: -len(".nii.gz")] for name in images], "each subject in one shard"
+    assert set(parts.status) == {"converted"} and list(parts.columns) == ["subject_id", "status"]
+    summary = json.loads((three / "curated" / "curation.json").read_text())
+    assert summary["converted_now"] == 0 and summary["subjects"] == len(images)  # the merge found every image done
+
+
 def test_evaluation_as_three_local_jobs_gives_the_tables_of_one_process(workspace, labels, tmp_path):
     predictions = tmp_path / "predicted"
     predictions.mkdir()

@@ -14,6 +14,10 @@ from totalseg_train.config import CONFIG_PATH
 @exits_cleanly
 def main(cfg: DictConfig) -> None:
     s = curate(cfg)
+    if not s.shard.whole:
+        print(f"curation shard {s.shard.index} of {s.shard.count}: {s.n_converted} images converted now; the cohort "
+              f"has {s.n_subjects} subjects; the last shard of the sweep writes the tables in {s.curated}")
+        return
     print(f"curated cohort in {s.curated}")
     print(f"  header scan: {s.n_files} files ({s.n_parsed} parsed, the others unchanged) in {s.scan_seconds:.1f} s "
           f"({s.n_files / max(s.scan_seconds, 1e-9):.0f} files/s); {s.n_problem_files} not usable "

@@ -1,4 +1,13 @@
-"""curate(cfg): scan, judge, choose, pseudonymise, convert and report, resumably."""
+"""curate(cfg): scan, judge, choose, pseudonymise, convert and report, resumably.
+
+On a cluster the conversion splits into shards (``shard.index`` / ``shard.count``, by subject id). Every job
+plans the whole cohort (header scan, consent gate, rules, pseudonyms) under one plan lock, so that the jobs
+take their turn writing the pseudonym key and the header cache and each later one finds the headers parsed
+and the ids assigned; it then converts its own subjects and writes ``<curated>/shards/conversions_<i>of<n>.csv``
+(subject ids and what happened, nothing identifying). The job that writes the last part, or any later run
+without a shard, curates the whole cohort: every image is current, so it converts only what a shard failed
+to, and writes the tables and the key's report as one run would have.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ from data_prep.curate.series import group_series
 from data_prep.curate.vocabulary import Vocabulary
 from totalseg_train.atomic import remove_stale_temporaries, write_table, write_text
 from totalseg_train.images import NIFTI_SUFFIX, nifti_path
+from totalseg_train.shards import Shard, run_sharded
 from totalseg_train.stage_lock import stage_lock
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,8 @@ PROBLEMS_FILE = "unreadable_files.csv"       # in the private folder: paths may 
 ERRORS_FILE = "conversion_errors.csv"        # in the private folder: error messages may hold paths
 CHARACTERISTICS = "characteristics"          # .md and .csv in the reports folder
 UNREADABLE = "unreadable"
+PLAN_LOCK = "curate-plan"                    # the jobs of a sweep plan one after the other (key, header cache)
+CONVERSIONS_PART = "conversions"             # a shard's part: subject_id, status (converted | up to date | failed)
 
 SUBJECT_COLUMNS = [
     "subject_id", "patient", "exam", "series_id", "sex", "age", "study_year", "site", "manufacturer", "model", "kvp",
@@ -73,6 +85,7 @@ class CurationSummary:
     characteristics: pd.DataFrame
     reasons: dict[str, int] = field(default_factory=dict)
     n_parsed: int = 0                # files whose header this run parsed (the others: unchanged, from the cache)
+    shard: Shard = Shard()           # the share this run converted (the whole cohort: tables written)
 
 
 def read_exclusions(path: str | Path | None, subject_column: str, note_column: str) -> dict[str, str]:
@@ -183,21 +196,29 @@ def series_table(series: pd.DataFrame, subject_ids: dict[str, str]) -> pd.DataFr
 
 def curate(cfg: DictConfig) -> CurationSummary:
     """Run curation as configured; safe to re-run (finished conversions are kept). One run at a time per
-    curated folder (StageRunning otherwise)."""
-    with stage_lock(cfg.paths.curated, "curate"):
-        return _curate(cfg)
+    curated folder and shard (StageRunning otherwise); ``shard`` splits the conversion (see the module)."""
+    return run_sharded(lambda part: _curate(cfg, part), Shard.from_config(cfg.get("shard")), cfg.paths.curated,
+                       "curate", CONVERSIONS_PART)
 
 
-def _curate(cfg: DictConfig) -> CurationSummary:
-    curated, private, reports = Path(cfg.paths.curated), Path(cfg.paths.private), Path(cfg.paths.reports)
-    images, provenance = curated / "images", curated / "provenance"
-    for folder in (private, reports):  # curated/ is cleaned by its lock
-        remove_stale_temporaries(folder)
+@dataclass
+class _Plan:
+    scan: object                     # scan_tree's result
+    files: dict[str, list[str]]      # series_key -> its files
+    series: pd.DataFrame             # every series of consenting patients, judged, with its pseudonymous ids
+    subject_ids: dict[str, str]      # series_key -> subject id (the key's, this run's and earlier ones)
+    n_without_consent: int
+    cache: HeaderCache | None
+    stopped: pd.DataFrame            # series_key, patient_id of the series the consent gate stopped (for the cache)
+    withdrawn: list[str]             # subject ids retired because consent was withdrawn, this run and earlier ones
+
+
+def _plan(cfg: DictConfig, root: str, private: Path) -> _Plan:
+    """Scan the headers, pass the consent gate, judge and choose the series and give them their pseudonyms; the key
+    is saved before any image named by it exists."""
     registry = read_consent(cfg.dataset.consent_csv, cfg.consent.patient_column, cfg.consent.consent_column)
     exclusions = read_exclusions(cfg.dataset.get("exclusions_csv"), cfg.exclusions.subject_column,
                                  cfg.exclusions.note_column)
-    root = str(Path(cfg.dataset.dicom_root).resolve())
-
     cache = (HeaderCache(private, consenting_patients(registry, cfg.consent.accepted)) if cfg.scan.cache
              else None)
     scan = scan_tree(root, workers=int(cfg.workers), files_per_task=int(cfg.scan.files_per_task),
@@ -231,12 +252,29 @@ def _curate(cfg: DictConfig) -> CurationSummary:
     _exclude(series, excluded_by_annotators, cfg.exclusions.reason,
              [f"excluded by the annotators: {exclusions[s]}".rstrip(": ") for s in
               series.loc[excluded_by_annotators, "subject_id"]])
+    return _Plan(scan, grouped.files, series, subject_ids, n_without_consent, cache,
+                 grouped.series.loc[~consenting, ["series_key", "patient_id"]], store.retired_subjects())
+
+
+def _curate(cfg: DictConfig, shard: Shard) -> CurationSummary:
+    curated, private, reports = Path(cfg.paths.curated), Path(cfg.paths.private), Path(cfg.paths.reports)
+    images, provenance = curated / "images", curated / "provenance"
+    for folder in (private, reports):  # curated/ is cleaned by its lock
+        remove_stale_temporaries(folder)
+    root = str(Path(cfg.dataset.dicom_root).resolve())
+    with stage_lock(curated, PLAN_LOCK, wait=True):
+        plan = _plan(cfg, root, private)
+        if plan.cache is not None and not shard.whole:  # the next job of the sweep parses nothing again
+            plan.cache.save(plan.scan.states, plan.scan.files, plan.scan.problems, plan.scan.withheld, plan.stopped)
+    scan, series, subject_ids, cache = plan.scan, plan.series, plan.subject_ids, plan.cache
 
     start = time.perf_counter()
-    wanted = series[series["decision"] == INCLUDED]
+    wanted = series[(series["decision"] == INCLUDED) & series["subject_id"].map(shard.holds)]
     todo = wanted[[not is_current(nifti_path(images, r.subject_id), provenance / f"{r.subject_id}.json",
                                   r.content_hash) for r in wanted.itertuples()]]
-    n_converted, failed = _convert(todo, grouped.files, root, images, provenance, cfg)
+    n_converted, failed = _convert(todo, plan.files, root, images, provenance, cfg)
+    if not shard.whole:
+        return _shard_done(shard, wanted, todo, failed, n_converted, time.perf_counter() - start, plan, curated)
     unreadable = series["series_key"].isin(failed)
     _exclude(series, unreadable, UNREADABLE,
              [f"conversion failed: {failed[k].split(':')[0]} (message in the private {ERRORS_FILE})"
@@ -255,7 +293,7 @@ def _curate(cfg: DictConfig) -> CurationSummary:
 
     write_table(table, curated / SERIES_TABLE)
     write_table(subjects, curated / SUBJECTS_TABLE)
-    withdrawn = store.retired_subjects()
+    withdrawn = plan.withdrawn
     write_table(pd.DataFrame({"subject_id": withdrawn}), curated / WITHDRAWN_TABLE)
     chars = characteristics_table(subjects, list(cfg.characteristics.age_bins),
                                   list(cfg.characteristics.slice_thickness_bins_mm))
@@ -263,17 +301,31 @@ def _curate(cfg: DictConfig) -> CurationSummary:
     write_text(reports / f"{CHARACTERISTICS}.md", to_markdown(chars))
     reasons = {str(k): int(v) for k, v in table.loc[table["decision"] != INCLUDED, "reason"].value_counts().items()}
     summary = CurationSummary(curated, scan.n_files, len(scan.problems), len(series), len(subjects), n_converted,
-                              n_removed, withdrawn, n_without_consent, scan.seconds, convert_seconds, table, subjects,
-                              chars, reasons, scan.n_parsed)
+                              n_removed, withdrawn, plan.n_without_consent, scan.seconds, convert_seconds, table,
+                              subjects, chars, reasons, scan.n_parsed)
     write_text(curated / SUMMARY_FILE, json.dumps({
         "files": scan.n_files, "files_parsed": scan.n_parsed, "problem_files": scan.problems["problem"].value_counts().to_dict(),
-        "series": len(series) + n_without_consent, "without_consent": n_without_consent,
+        "series": len(series) + plan.n_without_consent, "without_consent": plan.n_without_consent,
         "subjects": len(subjects), "converted_now": n_converted, "removed_now": n_removed,
         "excluded_by_reason": reasons, "scan_seconds": round(scan.seconds, 2),
         "convert_seconds": round(convert_seconds, 2)}, indent=1))
     if cache is not None:  # last: a scan that ends early is parsed again next time, never half-remembered
-        cache.save(scan.states, scan.files, scan.problems, scan.withheld,
-                   grouped.series.loc[~consenting, ["series_key", "patient_id"]])
+        cache.save(scan.states, scan.files, scan.problems, scan.withheld, plan.stopped)
     log.info("curation: %d series, %d subjects included, %d converted now, %d removed", len(series), len(subjects),
              n_converted, n_removed)
     return summary
+
+
+def _shard_done(shard: Shard, wanted: pd.DataFrame, todo: pd.DataFrame, failed: dict[str, str], n_converted: int,
+                seconds: float, plan: _Plan, curated: Path) -> CurationSummary:
+    """A shard's part (its subjects and what became of them; the messages wait for the merge, which converts a
+    failed series again and keeps its error in the private folder) and its summary; no cohort table is written."""
+    status = ["failed" if key in failed else "converted" if key in set(todo["series_key"]) else "up to date"
+              for key in wanted["series_key"]]
+    write_table(pd.DataFrame({"subject_id": wanted["subject_id"], "status": status}).sort_values("subject_id"),
+                shard.part(curated, CONVERSIONS_PART, ".csv"))
+    series = plan.series
+    subjects = series.loc[series["decision"] == INCLUDED, ["subject_id"]]
+    return CurationSummary(curated, plan.scan.n_files, len(plan.scan.problems), len(series), len(subjects), n_converted,
+                           0, [], plan.n_without_consent, plan.scan.seconds, seconds, pd.DataFrame(), subjects,
+                           pd.DataFrame(), {}, plan.scan.n_parsed, shard)
