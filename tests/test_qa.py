@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from annotation_loop.qa import compute_flags, render_subjects
+from annotation_loop.qa.bench import isotropic
 from annotation_loop.qa.flag_bench import Measured, judge, measure_labels, read_cohort
 from annotation_loop.qa.flags import FLAGS, FlagParams, cohort_flags, robust_z
 from annotation_loop.qa.groups import groups_from_config, ungrouped
@@ -268,13 +269,6 @@ def _check_liver_left_of_spleen(label_map, cfg):
     assert liver[:, 1].mean() < panel.rect[2] / 2 < spleen[:, 1].mean()
 
 
-def _resampled(image: sitk.Image, spacing_mm: float, interpolator) -> sitk.Image:
-    size = [int(round(n * s / spacing_mm)) for n, s in zip(image.GetSize(), image.GetSpacing())]
-    origin = image.TransformContinuousIndexToPhysicalPoint([(spacing_mm / s - 1) / 2 for s in image.GetSpacing()])
-    return sitk.Resample(image, size, sitk.Transform(), interpolator, origin, [spacing_mm] * 3, image.GetDirection(),
-                         -1024 if interpolator != sitk.sitkNearestNeighbor else 0, image.GetPixelID())
-
-
 def test_real_v2_label_map_renders_and_gets_the_same_flags_at_3_and_1_5_mm(shared_dir, tmp_path):
     """The real example at its 3 mm and resampled to 1.5 mm: both render, and both get the same flags (none)."""
     labels_dir, images_dir = tmp_path / "labels", tmp_path / "images"
@@ -283,9 +277,9 @@ def test_real_v2_label_map_renders_and_gets_the_same_flags_at_3_and_1_5_mm(share
     example = shared_dir / "data" / "ct_example"
     shutil.copy(example / "example_ct_seg_fast.nii.gz", labels_dir / "example.nii.gz")
     shutil.copy(example / "example_ct.nii.gz", images_dir / "example.nii.gz")
-    sitk.WriteImage(_resampled(sitk.ReadImage(str(example / "example_ct_seg_fast.nii.gz")), 1.5,
-                               sitk.sitkNearestNeighbor), str(labels_dir / "example_fine.nii.gz"), True)
-    sitk.WriteImage(_resampled(sitk.ReadImage(str(example / "example_ct.nii.gz")), 1.5, sitk.sitkLinear),
+    sitk.WriteImage(isotropic(sitk.ReadImage(str(example / "example_ct_seg_fast.nii.gz")), 1.5,
+                              sitk.sitkNearestNeighbor, 0), str(labels_dir / "example_fine.nii.gz"), True)
+    sitk.WriteImage(isotropic(sitk.ReadImage(str(example / "example_ct.nii.gz")), 1.5, sitk.sitkLinear, -1024),
                     str(images_dir / "example_fine.nii.gz"), True)
     cfg = _qa_cfg("labels_version=v2", f"images_dir={images_dir}", "render.ct_slice=true", "render.material=basic")
     summary = render_subjects(labels_dir, tmp_path / "qa", cfg, progress=False)

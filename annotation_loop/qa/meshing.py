@@ -142,8 +142,13 @@ def mesh_classes(
     return meshes
 
 
+def _face_sample(faces: np.ndarray) -> np.ndarray:
+    """About 2000 faces spread over the mesh: enough for a mean, cheap on a whole-body organ."""
+    return faces[:: max(1, len(faces) // 2000)]
+
+
 def mean_edge_mm(vertices: np.ndarray, faces: np.ndarray) -> float:
-    corners = vertices[faces[:: max(1, len(faces) // 2000)]]  # a sample of the faces tells the mean
+    corners = vertices[_face_sample(faces)]
     return float(np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=2).mean())
 
 
@@ -163,7 +168,7 @@ def simplified(mesh: ClassMesh, edge_mm: float) -> ClassMesh:
     if target >= 0.8 * len(mesh.faces):  # too little to gain
         return mesh
     # Which way the faces wind relative to the outward normals of marching cubes (a mirrored grid flips them).
-    sample = mesh.faces[:: max(1, len(mesh.faces) // 2000)]
+    sample = _face_sample(mesh.faces)
     corners = mesh.vertices[sample]
     outward = np.einsum("ij,ij->", np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]),
                         mesh.normals[sample].sum(axis=1)) >= 0

@@ -320,7 +320,8 @@ def _shard_done(shard: Shard, wanted: pd.DataFrame, todo: pd.DataFrame, failed: 
                 seconds: float, plan: _Plan, curated: Path) -> CurationSummary:
     """A shard's part (its subjects and what became of them; the messages wait for the merge, which converts a
     failed series again and keeps its error in the private folder) and its summary; no cohort table is written."""
-    status = ["failed" if key in failed else "converted" if key in set(todo["series_key"]) else "up to date"
+    converted = set(todo["series_key"])
+    status = ["failed" if key in failed else "converted" if key in converted else "up to date"
               for key in wanted["series_key"]]
     write_table(pd.DataFrame({"subject_id": wanted["subject_id"], "status": status}).sort_values("subject_id"),
                 shard.part(curated, CONVERSIONS_PART, ".csv"))
