@@ -96,6 +96,7 @@ def test_the_run_summary_and_the_test_scores_are_written(tiny_run):
     assert summary["config"]["model"]["name"] == "tiny"
     manifest = json.loads((results / "model.json").read_text())
     assert [p["part"] for p in manifest["parts"]] == ["all"] and len(manifest["parts"][0]["v1_class_ids"]) == 104
+    assert manifest["tile_step_size"] == 0.5 and manifest["windows_per_batch"] == 2  # configs/train.yaml
 
 
 def wandb_records(path: Path):
@@ -181,7 +182,7 @@ def test_a_label_map_brought_back_from_the_models_spacing_lands_on_the_images_vo
     from totalseg_train.engine.manifest import read_model_manifest
 
     subject = read_split(tiny_run)["test"][0]
-    predictor = part_predictor(read_model_manifest(tiny_run / "results" / "tiny").parts[0], 1.0, torch.device("cpu"))
+    predictor = part_predictor(read_model_manifest(tiny_run / "results" / "tiny").parts[0], torch.device("cpu"), 1.0)
     truth_file = tiny_run / "truth_labels" / f"{subject}.nii.gz"
     _, seg, properties = predictor.configuration_manager.preprocessor_class(verbose=False).run_case(
         [str(tiny_run / "curated" / "images" / f"{subject}.nii.gz")], str(truth_file), predictor.plans_manager,
@@ -195,6 +196,34 @@ def test_a_label_map_brought_back_from_the_models_spacing_lands_on_the_images_vo
     for c in largest:
         dice = 2 * np.count_nonzero((back == c) & (truth == c)) / (np.count_nonzero(back == c) + np.count_nonzero(truth == c))
         assert dice > 0.85, (int(c), dice)
+
+
+def test_windows_sent_through_the_network_together_give_nnunets_own_logits(tiny_run):
+    """BatchedWindowsPredictor (4 windows at a time: the last group is short) sums the same windows with the
+    same weights as nnU-Net's predictor, one window at a time."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from totalseg_train.engine.inference import part_predictor
+    from totalseg_train.engine.manifest import read_model_manifest
+    from totalseg_train.engine.sliding_window import BatchedWindowsPredictor
+
+    part = read_model_manifest(tiny_run / "results" / "tiny").parts[0]
+    own, batched = (part_predictor(part, torch.device("cpu"), 0.5, k) for k in (1, 4))
+    assert type(own) is nnUNetPredictor and isinstance(batched, BatchedWindowsPredictor)
+    subject = read_split(tiny_run)["test"][0]
+    data, _, _ = own.configuration_manager.preprocessor_class(verbose=False).run_case(
+        [str(tiny_run / "curated" / "images" / f"{subject}.nii.gz")], None, own.plans_manager,
+        own.configuration_manager, own.dataset_json)
+    data = torch.from_numpy(data)
+    assert len(own._internal_get_sliding_window_slicers(data.shape[1:])) % 4 != 0
+    expected, got = own.predict_logits_from_preprocessed_data(data), batched.predict_logits_from_preprocessed_data(data)
+    assert got.shape == expected.shape == (105, *data.shape[1:])
+    # Both sums are kept in half precision, as nnU-Net keeps them: the order of rounding differs by a few steps.
+    steps = (got.float() - expected.float()).abs().max() / (torch.finfo(torch.half).eps * expected.float().abs().max())
+    assert steps <= 4, steps
+    assert (got.argmax(0) == expected.argmax(0)).float().mean() > 0.999
+    with pytest.raises(ValueError, match="windows_per_batch"):
+        BatchedWindowsPredictor(windows_per_batch=0)
 
 
 def test_a_seeded_training_repeats_exactly(tiny_run, tmp_path):

@@ -108,7 +108,7 @@ def _predict_case(model_dir: str, image: str, out_dir: str, device: str, workers
             trained, torch_dev = read_model_manifest(model_dir), torch.device(device)
             set_torch_threads(torch_dev, threads)
             for part in trained.parts:
-                predictor = part_predictor(part, trained.tile_step_size, torch_dev)
+                predictor = part_predictor(part, torch_dev, trained.tile_step_size)  # nnU-Net's own predictor
                 predictor.predict_from_files([[image]], [str(Path(out_dir) / part.part / "case")], overwrite=True,
                                              num_processes_preprocessing=max(1, workers),
                                              num_processes_segmentation_export=max(1, workers))

@@ -89,11 +89,11 @@ def collect_images(images: list[str | Path] | str | Path) -> list[Path]:
     return files
 
 
-def _predict_part(part: PartModel, images: list[Path], work: Path, tile_step_size: float, device: torch.device,
+def _predict_part(trained: TrainedModel, part: PartModel, images: list[Path], work: Path, device: torch.device,
                   uncertainty: bool, workers: int, bar: tqdm) -> dict[str, pd.DataFrame]:
     """nnU-Net's label maps of the part in ``work``; with ``uncertainty`` also each subject's entropy table.
     ``bar`` advances by one per image."""
-    predictor = part_predictor(part, tile_step_size, device)
+    predictor = part_predictor(part, device, trained.tile_step_size, trained.windows_per_batch)
     work.mkdir(parents=True, exist_ok=True)
     writer = predictor.plans_manager.image_reader_writer_class()
     tables = {}
@@ -111,14 +111,19 @@ def _predict_part(part: PartModel, images: list[Path], work: Path, tile_step_siz
     return tables
 
 
-def part_predictor(part: PartModel, tile_step_size: float, device: torch.device):
-    """nnU-Net's predictor of a trained part model (final checkpoint of fold 0, no mirroring)."""
+def part_predictor(part: PartModel, device: torch.device, tile_step_size: float, windows_per_batch: int = 1):
+    """nnU-Net's predictor of a trained part model (final checkpoint of fold 0, no mirroring); with
+    ``windows_per_batch`` > 1 the subclass that sends that many sliding windows through the network at a time."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    from totalseg_train.engine.sliding_window import BatchedWindowsPredictor
+
     # No bar of nnU-Net's own (sliding-window steps of each image): ours counts images, one bar per stage.
-    predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=device.type == "cuda", device=device,
-                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    settings = dict(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=False,
+                    perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                    verbose_preprocessing=False, allow_tqdm=False)
+    predictor = (BatchedWindowsPredictor(windows_per_batch=windows_per_batch, **settings) if windows_per_batch > 1
+                 else nnUNetPredictor(**settings))
     with scoped_environment({"nnUNet_extTrainer": os.environ.get("nnUNet_extTrainer") or str(TRAINER_DIR)}):
         predictor.initialize_from_trained_model_folder(str(part.folder), use_folds=(FOLD,),
                                                        checkpoint_name=FINAL_CHECKPOINT)
@@ -255,8 +260,8 @@ def predict(model: DictConfig | str | Path, images: list[str | Path] | str | Pat
                                                 desc=f"predicting ({trained.experiment})", disable=not progress) as bar:
             for part in parts:
                 log.info("predicting %d image(s) with the %s part model", len(todo), part.part)
-                tables[part.part] = _predict_part(part, todo, work / part.part, trained.tile_step_size, torch_dev,
-                                                  uncertainty, workers, bar)
+                tables[part.part] = _predict_part(trained, part, todo, work / part.part, torch_dev, uncertainty,
+                                                  workers, bar)
         entropy = []
         for image in todo:
             _, table = _merge_subject(parts, kept, work, image, out_dir, tables)

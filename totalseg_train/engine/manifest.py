@@ -43,6 +43,7 @@ class TrainedModel:
     parts: tuple[PartModel, ...]
     tile_step_size: float
     directory: Path
+    windows_per_batch: int = 1  # sliding windows through the network at a time (1: nnU-Net's own predictor)
 
     def untrained_parts(self) -> list[str]:
         return [p.part for p in self.parts if not is_trained(p.folder)]
@@ -65,10 +66,12 @@ def model_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.results) / str(cfg.model.name)
 
 
-def write_manifest(directory: Path, experiment: str, parts: list[PartModel], tile_step_size: float) -> Path:
+def write_manifest(directory: Path, experiment: str, parts: list[PartModel], tile_step_size: float,
+                   windows_per_batch: int) -> Path:
     doc = {
         "experiment": experiment,
         "tile_step_size": tile_step_size,
+        "windows_per_batch": windows_per_batch,
         "parts": [{"part": p.part, "dataset": p.dataset, "folder": os.path.relpath(p.folder, directory),
                    "v1_class_ids": list(p.v1_class_ids)} for p in parts],
     }
@@ -86,4 +89,6 @@ def read_model_manifest(model: DictConfig | str | Path) -> TrainedModel:
     doc = json.loads(manifest.read_text())
     parts = tuple(PartModel(p["part"], p["dataset"], (manifest.parent / p["folder"]).resolve(),
                             tuple(p["v1_class_ids"])) for p in doc["parts"])
-    return TrainedModel(doc["experiment"], parts, float(doc["tile_step_size"]), manifest.parent)
+    # Models written before windows_per_batch was recorded predicted one window at a time.
+    return TrainedModel(doc["experiment"], parts, float(doc["tile_step_size"]), manifest.parent,
+                        int(doc.get("windows_per_batch", 1)))

@@ -71,7 +71,8 @@ def prepare_part(dataset: PartDataset, split: Split, cfg: DictConfig, preprocess
 
 def write_model_manifest(cfg: DictConfig) -> Path:
     parts = [PartModel(d.part, d.name, model_folder(d, cfg), tuple(d.global_ids())) for d in part_datasets(cfg)]
-    write_manifest(model_dir(cfg), str(cfg.model.name), parts, float(cfg.model.tile_step_size))
+    write_manifest(model_dir(cfg), str(cfg.model.name), parts, float(cfg.model.tile_step_size),
+                   int(cfg.model.windows_per_batch))
     return model_dir(cfg)
 
 
