@@ -2,7 +2,8 @@
 
     python -m annotation_loop.qa.flag_bench --cohort demo=DIR [--cohort fine=DIR ...] [--real CT SEG] --out FILE
 
-Each cohort is a folder of clean label maps (v1 ids) or a phantom's ``truth/index.csv``; ``--real`` adds the
+Each cohort is a folder of clean label maps (v1 ids) or a phantom's ``truth/index.csv`` (then with each series'
+CT, read from its DICOM, as the QA stage has the curated CT); ``--real`` adds the
 real example CT with its label map, cut at several head-foot extents and redrawn at several spacings to make a
 cohort of one anatomy (the cut maps keep their CT for the body).
 Per cohort and error kind: recall (planted errors flagged on a planted class) and the false-alarm rate (clean
@@ -25,7 +26,7 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from annotation_loop.qa.flags import FlagParams, cohort_flags
+from annotation_loop.qa.flags import FlagParams, cohort_flags, edge_shown
 from annotation_loop.qa.label_stats import StatsParams, measure
 from annotation_loop.qa.meshing import VoxelGrid
 from annotation_loop.qa.planted_errors import ERROR_KINDS, PlantSettings, found, plant
@@ -37,7 +38,9 @@ GOAL_FALSE_ALARMS = 0.05
 GROUPS = 10  # errors are planted on one subject in GROUPS at a time
 # Errors of a class's shape: the flags judge them only on classes the grid draws at least
 # FlagParams.min_thickness_voxels thick (flags.fragmented); recall is given over those and over all.
-SHAPE_KINDS = frozenset({"split", "stray_far", "grown", "shrunk", "cut_off"})
+SHAPE_KINDS = frozenset({"split", "stray_far", "shrunk", "cut_off"})
+# A grown class is judged (flags.beyond_edge) where the CT sets the clean class apart from its surroundings.
+EDGE_KINDS = frozenset({"grown"})
 
 
 @dataclass
@@ -52,19 +55,31 @@ class Subject:
         return tuple(self.grid.spacing_xyz[::-1])
 
 
-def cohort_files(path: Path) -> list[Path]:
-    """The label maps of a cohort: a folder's ``*.nii.gz``, or the included series of a phantom's truth index."""
+def cohort_files(path: Path) -> list[tuple[Path, Path | None]]:
+    """The label maps of a cohort, each with its CT's DICOM folder where known: a folder's ``*.nii.gz`` (no
+    CT), or the included series of a phantom's truth index."""
     if path.is_file():
         index = pd.read_csv(path, keep_default_na=False)
-        return [path.parent.parent / f for f in index[index.expected == "included"].truth_file]
-    return sorted(path.glob("*.nii.gz"))
+        included = index[index.expected == "included"]
+        return [(path.parent.parent / f, path.parent.parent / d) for f, d in zip(included.truth_file, included.dicom_dir)]
+    return [(p, None) for p in sorted(path.glob("*.nii.gz"))]
+
+
+def read_dicom_ct_on(folder: Path, grid_image: sitk.Image) -> np.ndarray:
+    """The CT series in ``folder`` on the voxels of ``grid_image`` (float32 HU)."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    ct = sitk.Resample(reader.Execute(), grid_image, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(ct)
 
 
 def read_cohort(folder: Path) -> list[Subject]:
     subjects = []
-    for path in cohort_files(folder):
+    for path, dicom in cohort_files(folder):
         label_map = read_label_map(path)
-        subjects.append(Subject(path.name[: -len(".nii.gz")], label_map.array, VoxelGrid.of_image(label_map.image)))
+        ct = read_dicom_ct_on(dicom, label_map.image) if dicom is not None else None
+        subjects.append(Subject(path.name[: -len(".nii.gz")], label_map.array, VoxelGrid.of_image(label_map.image),
+                                ct))
     if not subjects:
         raise SystemExit(f"no label maps in {folder} (a folder of *.nii.gz or a phantom's truth/index.csv)")
     return subjects
@@ -156,7 +171,9 @@ def judge(measured: Measured, params: FlagParams = FlagParams()) -> dict:
               "clean_flags": findings.assign(text=findings.flag + " " + findings.class_name)
               .groupby("text").subject_id.nunique().sort_values(ascending=False).to_dict(),
               "kinds": {}}
-    thickness = pd.concat([c for c, _ in clean]).set_index(["subject_id", "class_name"]).thickness_voxels
+    clean_stats = pd.concat([c for c, _ in clean])
+    thickness = clean_stats.set_index(["subject_id", "class_name"]).thickness_voxels
+    shown = clean_stats.assign(shown=edge_shown(clean_stats, params)).set_index(["subject_id", "class_name"]).shown
     for kind, planted in measured.planted.items():
         hits, n, missed = 0, 0, []
         judged_hits, judged = 0, 0
@@ -169,8 +186,10 @@ def judge(measured: Measured, params: FlagParams = FlagParams()) -> dict:
             for i in members:
                 error = planted[i][0]
                 hit = found(group_findings[group_findings.subject_id == ids[i]], error)
-                visible = kind not in SHAPE_KINDS or all(
-                    thickness[ids[i], c] >= params.min_thickness_voxels for c in error.classes)
+                if kind in SHAPE_KINDS:
+                    visible = all(thickness[ids[i], c] >= params.min_thickness_voxels for c in error.classes)
+                else:
+                    visible = kind not in EDGE_KINDS or all(shown[ids[i], c] for c in error.classes)
                 n, hits = n + 1, hits + hit
                 judged, judged_hits = judged + visible, judged_hits + (hit and visible)
                 if visible and not hit:
@@ -189,7 +208,8 @@ def _print(result: dict) -> None:
     for text, count in result["clean_flags"].items():
         print(f"    {count:3d} x {text}")
     print(f"  {'error kind':16s} {'planted':>7s} {'found':>6s} {'recall':>7s}   {'judged':>6s} {'found':>6s} "
-          f"{'recall':>7s}  (judged: on classes the grid draws >= 3 voxels thick; goal >= {GOAL_RECALL:.0%})")
+          f"{'recall':>7s}  (judged: shape errors on classes the grid draws >= 3 voxels thick, grown classes "
+          f"where the CT shows their edge; goal >= {GOAL_RECALL:.0%})")
 
     def percent(x):
         return "-" if x is None else f"{x:.0%}"

@@ -67,7 +67,9 @@ def _input_key(labels_dir: Path, images_dir: str | None, subject_id: str, settin
 
 def _settings(cfg: DictConfig) -> str:
     measure_cfg = OmegaConf.to_container(cfg.flags.measure, resolve=True)
-    return hashlib.sha1(json.dumps([measure_cfg, cfg.labels_version], sort_keys=True).encode()).hexdigest()[:12]
+    # The table's columns too: measurements stored before a column was added are measured again.
+    key = [measure_cfg, cfg.labels_version, list(CLASS_COLUMNS)]
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _stored_measurements(out_dir: Path | None, keys: dict[str, str]) -> dict[str, Measured]:

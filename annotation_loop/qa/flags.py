@@ -24,6 +24,7 @@ FLAGS: tuple[str, ...] = (
     "lr_swap",
     "order_violation",
     "outside_body",
+    "beyond_edge",
 )
 FINDING_COLUMNS = ["subject_id", "flag", "class_name", "place", "detail"]
 
@@ -43,6 +44,10 @@ class FlagParams:
     order_min_step_mm: float = 0.0  # a vertebra/rib must lie at least this much below the one above
     max_outside_fraction: float = 0.05  # share of a class outside the body that raises a flag...
     min_outside_ml: float = 1.0  # ...as does this volume of it outside the body (a stray piece of a big organ)
+    edge_min_voxels: int = 20  # with a CT: a class's border is judged where its inside, border and surroundings
+    edge_min_contrast_hu: float = 30.0  # have this many voxels, inside and surroundings differ by this much...
+    edge_max_spread: float = 1.0  # ...and the inside is even (interquartile range / contrast at most this);
+    edge_max_share: float = 0.5  # a border less than this share of the way from its surroundings to its inside
 
 
 def _finding(subject: str, flag: str, name: str, detail: str, place: str = "") -> dict:
@@ -350,6 +355,33 @@ def outside_body(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) -> lis
     ]
 
 
+def edge_shown(stats: pd.DataFrame, p: FlagParams) -> pd.Series:
+    """Rows whose class the CT sets apart from its surroundings (beyond_edge judges only these): enough voxels,
+    inside and around ``edge_min_contrast_hu`` apart, an even inside."""
+    contrast = (stats.inside_hu - stats.around_hu).abs()
+    return ((stats.edge_voxels >= p.edge_min_voxels) & (contrast >= p.edge_min_contrast_hu)
+            & (stats.inside_spread_hu <= p.edge_max_spread * contrast))
+
+
+def beyond_edge(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
+    """Classes drawn beyond the edge the CT shows (a class grown over its surroundings): the border voxels look
+    like the tissue around the class, not like its inside.
+
+    share = (border - around) / (inside - around), medians in HU (label_stats.edge_intensities): about 1 on
+    the organ's edge (0.6-0.9 with the partial volume of a 3 mm grid, above 1 at a bone's cortex), about 0 a
+    few millimetres beyond it. Judged where the CT shows an edge (``edge_min_contrast_hu``) and the inside is
+    even (``edge_max_spread``: a bowel of gas and contents has no one inside value); a class grown into tissue
+    of its own density is not seen (muscle beside muscle).
+    """
+    judged = edge_shown(stats, p)
+    share = (stats.border_hu - stats.around_hu) / (stats.inside_hu - stats.around_hu).where(judged)
+    bad = stats[judged & (share < p.edge_max_share)]
+    return [_finding(r.subject_id, "beyond_edge", r.class_name,
+                     f"its border ({r.border_hu:.0f} HU) looks like the tissue around it ({r.around_hu:.0f} HU), "
+                     f"not like its inside ({r.inside_hu:.0f} HU): drawn beyond the edge the CT shows?")
+            for r in bad.itertuples()]
+
+
 def _places(findings: pd.DataFrame, stats: pd.DataFrame, scans: pd.DataFrame) -> list[str]:
     """Each finding's place: the rule's own, else the head-foot range of its classes (both of a pair ``a/b``)."""
     extents = stats.set_index(["subject_id", "class_name"])[["z_top", "z_bottom"]]
@@ -379,7 +411,8 @@ def cohort_flags(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams = FlagP
         + extent_outliers(stats, scans, p)
         + lr_swaps(stats, scans, p)
         + order_violations(stats, p)
-        + outside_body(stats, scans, p),
+        + outside_body(stats, scans, p)
+        + beyond_edge(stats, p),
         columns=FINDING_COLUMNS,
     )
     findings["place"] = _places(findings, stats, scans)

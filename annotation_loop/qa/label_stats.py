@@ -34,7 +34,9 @@ CLASS_COLUMNS = {"class_id": "int64", "class_name": "object", "voxels": "int64",
                  "cx": "float64", "cy": "float64", "cz": "float64", "z_top": "float64", "z_bottom": "float64",
                  "truncated": "bool", "n_components": "int64", "largest_component_fraction": "float64",
                  "stray_mm": "float64", "surface_share": "float64", "thickness_voxels": "float64",
-                 "outside_fraction": "float64", "outside_ml": "float64"}
+                 "outside_fraction": "float64", "outside_ml": "float64", "edge_voxels": "int64",
+                 "inside_hu": "float64", "inside_spread_hu": "float64", "border_hu": "float64",
+                 "around_hu": "float64"}
 
 
 @dataclass
@@ -143,6 +145,30 @@ def thickness_voxels(mask: np.ndarray, spacing_zyx) -> float:
     return float(2.0 * depth.max() / max(spacing_zyx))
 
 
+NO_EDGE = {"edge_voxels": 0, "inside_hu": np.nan, "inside_spread_hu": np.nan, "border_hu": np.nan,
+           "around_hu": np.nan}  # without a CT, or a class with no inside or no background beside it
+
+
+def edge_intensities(mask: np.ndarray, background: np.ndarray, ct: np.ndarray) -> dict:
+    """Where a class's border lies against the CT's edges: the median HU of its inside (voxels with no face on
+    anything else), with the interquartile range there, of its border (its voxels facing background) and of the
+    background around it (background voxels facing it and no other class: a joint space or a fascia between
+    two labels takes the partial volume of both), and the fewest voxels of the three (``edge_voxels``).
+
+    Drawn on the organ's edge, the border looks like the inside (or brighter: a bone's cortex); drawn beyond
+    it, like the tissue around. Arrays of one box, padded by a voxel beyond the class where the scan allows.
+    """
+    inside = mask & ~ndimage.binary_dilation(~mask)
+    border = mask & ndimage.binary_dilation(background)
+    around = background & ndimage.binary_dilation(mask) & ~ndimage.binary_dilation(~mask & ~background)
+    counts = [int(np.count_nonzero(m)) for m in (inside, border, around)]
+    if min(counts) == 0:
+        return dict(NO_EDGE)
+    q25, median, q75 = np.percentile(ct[inside], [25, 50, 75])
+    return {"edge_voxels": min(counts), "inside_hu": float(median), "inside_spread_hu": float(q75 - q25),
+            "border_hu": float(np.median(ct[border])), "around_hu": float(np.median(ct[around]))}
+
+
 def _stray_mm(components: np.ndarray, sizes: np.ndarray, min_voxels: int, spacing_zyx, box: tuple[slice, ...],
               shape: tuple[int, ...]) -> float:
     """How far the most isolated piece of a class (of at least ``min_voxels``) lies from every other piece of it:
@@ -169,7 +195,8 @@ def _stray_mm(components: np.ndarray, sizes: np.ndarray, min_voxels: int, spacin
 def measure(
     labels: np.ndarray, grid: VoxelGrid, params: StatsParams = StatsParams(), ct: np.ndarray | None = None
 ) -> SubjectStats:
-    """Volume, centroid, extent, components and share outside the body of every class present."""
+    """Volume, centroid, extent, components, share outside the body and, with a CT, the intensities at the
+    border of every class present."""
     affine = grid.index_to_patient()
     spacing_zyx = _spacing_zyx(grid)
     voxel_mm3 = float(np.prod(grid.spacing_xyz))
@@ -209,6 +236,10 @@ def measure(
         sizes = np.bincount(components.ravel())[1:]
         touches = any(s.start == 0 or s.stop == size for s, size in zip(box, labels.shape))
         outside = outside_count(class_id, box, mask)
+        edge = NO_EDGE
+        if ct is not None:
+            wider = tuple(slice(max(0, s.start - 1), min(size, s.stop + 1)) for s, size in zip(box, labels.shape))
+            edge = edge_intensities(labels[wider] == class_id, labels[wider] == 0, ct[wider])
         rows.append(
             {
                 "class_id": class_id,
@@ -228,6 +259,7 @@ def measure(
                 "thickness_voxels": thickness_voxels(mask, spacing_zyx),
                 "outside_fraction": outside / n,
                 "outside_ml": outside * voxel_mm3 / 1000.0,
+                **edge,
             }
         )
         total += n
