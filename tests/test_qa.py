@@ -444,13 +444,13 @@ def test_planted_errors_change_the_map_as_they_say_and_the_flags_find_them_at_3_
             assert after[0] > before[0]
         else:
             assert 0 < after[0] < before[0]
-        planted[kind][base] = (error, measure_labels(out, subjects[base].grid, subjects[base].ct, ids[base]))
+        planted[kind][base] = (error, measure_labels(subjects[base], out))
     assert plant(np.zeros_like(labels), spacing, "lr_swap", seed=1) is None
     with pytest.raises(ValueError, match="unknown error kind"):
         plant(labels, spacing, "typo", seed=1)
 
     assert all(s.ct is not None and s.ct.shape == s.labels.shape for s in subjects)  # read from the phantom's DICOM
-    clean = [measure_labels(s.labels, s.grid, s.ct, s.subject_id) for s in subjects]
+    clean = [measure_labels(s) for s in subjects]
     result = judge(Measured("test", ids, list(subjects[0].grid.spacing_xyz), clean, planted))
     assert result["false_alarm_rate"] == 0.0, result["clean_flags"]
     assert all(r["planted"] == 1 for r in result["kinds"].values())

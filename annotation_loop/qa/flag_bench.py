@@ -18,7 +18,7 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from annotation_loop.qa.flags import FlagParams, cohort_flags, edge_shown
-from annotation_loop.qa.label_stats import StatsParams, measure
+from annotation_loop.qa.label_stats import StatsParams, body_mask_from_ct, measure
 from annotation_loop.qa.meshing import VoxelGrid
 from annotation_loop.qa.planted_errors import ERROR_KINDS, PlantSettings, found, plant
 from totalseg_train import classes
@@ -49,6 +49,11 @@ class Subject:
     labels: np.ndarray
     grid: VoxelGrid
     ct: np.ndarray | None = None
+    body: np.ndarray | None = field(init=False, default=None)  # the CT's body, worked out once for every plant
+
+    def __post_init__(self):
+        if self.ct is not None:
+            self.body = body_mask_from_ct(self.ct, self.grid, StatsParams())
 
     @property
     def spacing_zyx(self) -> tuple[float, float, float]:
@@ -116,9 +121,11 @@ def real_cohort(ct_path: Path, seg_path: Path, n: int = 12, seed: int = 0) -> li
     return subjects
 
 
-def measure_labels(labels: np.ndarray, grid: VoxelGrid, ct: np.ndarray | None, subject_id: str):
-    stats = measure(labels, grid, StatsParams(), ct)
-    stats.classes.insert(0, "subject_id", subject_id)
+def measure_labels(subject: Subject, labels: np.ndarray | None = None):
+    """The measurements of ``labels`` (default: the subject's own) on the subject's grid, CT and body."""
+    stats = measure(subject.labels if labels is None else labels, subject.grid, StatsParams(), subject.ct,
+                    subject.body)
+    stats.classes.insert(0, "subject_id", subject.subject_id)
     return stats.classes, stats.scan
 
 
@@ -127,7 +134,7 @@ def plant_and_measure(subject: Subject, kind: str, seed: int, settings: PlantSet
     if planted is None:
         return None
     labels, error = planted
-    return error, measure_labels(labels, subject.grid, subject.ct, subject.subject_id)
+    return error, measure_labels(subject, labels)
 
 
 def _cohort_tables(measured: list[tuple[pd.DataFrame, dict]], ids: list[str]):
@@ -152,8 +159,7 @@ def measure_cohort(name: str, subjects: list[Subject], workers: int, seed: int =
     """Measure every clean subject and every subject with each kind of error planted (seeded)."""
     ids = [s.subject_id for s in subjects]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        clean = list(pool.map(measure_labels, [s.labels for s in subjects], [s.grid for s in subjects],
-                              [s.ct for s in subjects], ids))
+        clean = list(pool.map(measure_labels, subjects))
         planted = {}
         for k, kind in enumerate(tqdm(ERROR_KINDS, desc=f"{name}: planting and measuring", unit="kind")):
             seeds = [seed * 1000 + 100 * k + i for i in range(len(subjects))]

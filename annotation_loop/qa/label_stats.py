@@ -193,10 +193,12 @@ def _stray_mm(components: np.ndarray, sizes: np.ndarray, min_voxels: int, spacin
 
 
 def measure(
-    labels: np.ndarray, grid: VoxelGrid, params: StatsParams = StatsParams(), ct: np.ndarray | None = None
+    labels: np.ndarray, grid: VoxelGrid, params: StatsParams = StatsParams(), ct: np.ndarray | None = None,
+    body: np.ndarray | None = None,
 ) -> SubjectStats:
     """Volume, centroid, extent, components, share outside the body and, with a CT, the intensities at the
-    border of every class present."""
+    border of every class present. ``body``: the CT's ``body_mask_from_ct``, where several label maps are
+    measured on one CT."""
     affine = grid.index_to_patient()
     spacing_zyx = _spacing_zyx(grid)
     voxel_mm3 = float(np.prod(grid.spacing_xyz))
@@ -204,7 +206,7 @@ def measure(
     if ct is not None:
         # A label one voxel beyond the skin is where the grid puts the edge of the lung or the chest wall on a
         # coarse grid (a 6 mm voxel straddles the skin), not outside the body: the body is grown by a voxel.
-        body = ndimage.binary_dilation(body_mask_from_ct(ct, grid, params), structure=_CUBE)
+        body = ndimage.binary_dilation(body_mask_from_ct(ct, grid, params) if body is None else body, structure=_CUBE)
         body_source = "ct"
 
         def outside_count(class_id, box, mask):
