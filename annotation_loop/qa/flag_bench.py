@@ -192,10 +192,11 @@ def judge(measured: Measured, params: FlagParams = FlagParams()) -> dict:
             for i in members:
                 error = planted[i][0]
                 hit = found(group_findings[group_findings.subject_id == ids[i]], error)
+                visible = True
                 if kind in SHAPE_KINDS:
                     visible = all(thickness[ids[i], c] >= params.min_thickness_voxels for c in error.classes)
-                else:
-                    visible = kind not in EDGE_KINDS or all(shown[ids[i], c] for c in error.classes)
+                elif kind in EDGE_KINDS:
+                    visible = all(shown[ids[i], c] for c in error.classes)
                 n, hits = n + 1, hits + hit
                 judged, judged_hits = judged + visible, judged_hits + (hit and visible)
                 if visible and not hit:

@@ -43,7 +43,7 @@ class TrainedModel:
     parts: tuple[PartModel, ...]
     tile_step_size: float
     directory: Path
-    windows_per_batch: int = 1  # sliding windows through the network at a time (1: nnU-Net's own predictor)
+    windows_per_batch: int  # sliding windows through the network at a time (1: nnU-Net's own predictor)
 
     def untrained_parts(self) -> list[str]:
         return [p.part for p in self.parts if not is_trained(p.folder)]

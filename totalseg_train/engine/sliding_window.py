@@ -18,7 +18,7 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 class BatchedWindowsPredictor(nnUNetPredictor):
     """``nnUNetPredictor`` that runs ``windows_per_batch`` sliding windows through the network together."""
 
-    def __init__(self, *args, windows_per_batch: int = 2, **kwargs):
+    def __init__(self, *args, windows_per_batch: int, **kwargs):
         super().__init__(*args, **kwargs)
         if windows_per_batch < 1:
             raise ValueError(f"windows_per_batch must be at least 1, not {windows_per_batch}")
