@@ -19,7 +19,7 @@ from scipy import ndimage
 from annotation_loop.qa import compute_flags, render_subjects
 from annotation_loop.qa.bench import isotropic
 from annotation_loop.qa.flag_bench import Measured, judge, measure_labels, read_cohort
-from annotation_loop.qa.flags import FLAGS, FlagParams, beyond_edge, cohort_flags, robust_z
+from annotation_loop.qa.flags import FLAGS, FlagParams, beyond_edge, cohort_flags, cut_ends, robust_z
 from annotation_loop.qa.groups import groups_from_config, ungrouped
 from annotation_loop.qa.label_stats import edge_intensities, measure
 from annotation_loop.qa.meshing import VoxelGrid, mesh_classes
@@ -410,6 +410,36 @@ def test_a_class_grown_beyond_the_edge_the_ct_shows_is_flagged_on_the_real_examp
     assert row.around_hu["grown"] < -50  # grown into the fat around the kidney
 
 
+def test_a_class_cut_off_at_a_wrong_level_ends_in_a_full_cross_section_and_is_flagged_at_its_cut():
+    """Seven balls of 9-11 voxels' radius taper to small end slices; one cut through its middle ends in its
+    widest slice. Only that one is flagged cut_end, at its head end and the level of the cut, whichever way
+    the array runs head to foot."""
+    liver = classes.id_of("liver")
+    zz, yy, xx = np.mgrid[:40, :30, :30]
+    stats, scans = [], {}
+    for k, radius in enumerate([9.0, 9.5, 10.0, 10.5, 11.0, 9.8, 10.2]):
+        ball = ((zz - 20) ** 2 + (yy - 15) ** 2 + (xx - 15) ** 2 <= radius ** 2).astype(np.uint8) * liver
+        if k == 6:
+            ball[21:] = 0  # its head half gone: the array's last slices are the head's on this grid
+        for name, grid, labels in ((f"s{k}", VoxelGrid((2.0, 2.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                                    ball),
+                                   (f"flipped{k}", VoxelGrid((2.0, 2.0, 2.0), (0.0, 0.0, 78.0),
+                                                             (1, 0, 0, 0, 1, 0, 0, 0, -1)), ball[::-1])):
+            measured = measure(labels, grid)
+            stats.append(measured.classes.assign(subject_id=name))
+            scans[name] = measured.scan
+    stats = pd.concat(stats, ignore_index=True)
+    row = stats.set_index("subject_id")
+    assert row.head_end_share["s0"] < 0.1 and row.foot_end_share["s0"] < 0.1
+    assert row.head_end_share["s6"] == 1.0 and row.foot_end_share["s6"] < 0.1
+    assert row.head_end_share["flipped6"] == 1.0 and row.z_top["s6"] == row.z_top["flipped6"] == 40.0
+    findings = cut_ends(stats, FlagParams())
+    assert sorted(f["subject_id"] for f in findings) == ["flipped6", "s6"]
+    assert all(f["class_name"] == "liver" and f["place"] == "z 40 mm" and "head end" in f["detail"] for f in findings)
+    table, _ = cohort_flags(stats, pd.DataFrame.from_dict(scans, orient="index"))
+    assert sorted(table.subject_id[table.cut_end]) == ["flipped6", "s6"]  # a lone ball is outside_body: no CT
+
+
 @pytest.fixture(scope="module")
 def clean_cohort(phantom_cohort):
     subjects = read_cohort(phantom_cohort / "truth" / "index.csv")
@@ -454,7 +484,7 @@ def test_planted_errors_change_the_map_as_they_say_and_the_flags_find_them_at_3_
     result = judge(Measured("test", ids, list(subjects[0].grid.spacing_xyz), clean, planted))
     assert result["false_alarm_rate"] == 0.0, result["clean_flags"]
     assert all(r["planted"] == 1 for r in result["kinds"].values())
-    # A cut-off class is judged against the cohort's extents, which 5 complete instances in 7 subjects cannot pin
-    # down: the benchmark measures it on cohorts of 17 and 33. The grown class is seen in the CT (beyond_edge).
+    # The grown class is seen in the CT (beyond_edge), the cut-off one by its full end slice (cut_end): 5 complete
+    # instances in 7 subjects cannot pin down its extent.
     found = {kind for kind, r in result["kinds"].items() if r["found"]}
-    assert found == set(ERROR_KINDS) - {"cut_off"}, result["kinds"]
+    assert found == set(ERROR_KINDS), result["kinds"]

@@ -25,6 +25,7 @@ FLAGS: tuple[str, ...] = (
     "order_violation",
     "outside_body",
     "beyond_edge",
+    "cut_end",
 )
 FINDING_COLUMNS = ["subject_id", "flag", "class_name", "place", "detail"]
 
@@ -48,6 +49,8 @@ class FlagParams:
     edge_min_contrast_hu: float = 30.0  # have this many voxels, inside and surroundings differ by this much...
     edge_max_spread: float = 1.0  # ...and the inside is even (interquartile range / contrast at most this);
     edge_max_share: float = 0.5  # a border less than this share of the way from its surroundings to its inside
+    cut_min_step: float = 0.45  # an end slice this share of the widest slice above the cohort's usual end (and
+    # a robust z beyond outlier_z) is a class cut off at a wrong level
 
 
 def _finding(subject: str, flag: str, name: str, detail: str, place: str = "") -> dict:
@@ -73,7 +76,7 @@ def level_range(top: float, bottom: float) -> str:
 
 def place_of(z_top: float, z_bottom: float, to_level) -> str:
     """Where a head-foot range lies: its vertebral levels where the subject's spine gives them, and z (mm)."""
-    where = f"z {z_bottom:.0f}..{z_top:.0f} mm"
+    where = f"z {z_bottom:.0f} mm" if round(z_bottom) == round(z_top) else f"z {z_bottom:.0f}..{z_top:.0f} mm"
     return f"{level_range(float(to_level(z_top)), float(to_level(z_bottom)))}, {where}" if to_level else where
 
 
@@ -382,6 +385,37 @@ def beyond_edge(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
             for r in bad.itertuples()]
 
 
+def cut_ends(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
+    """Classes that end in a full cross-section where the cohort's taper: cut off at a wrong level.
+
+    Each end's area as a share of the class's widest slice (label_stats.end_shares) is compared with the
+    cohort's for that end of that class: flagged at least ``cut_min_step`` above the cohort median with a robust
+    z beyond ``outlier_z``. A class ending against a neighbour's face (a vertebra's end plate) ends wide in every
+    subject and is judged against that. Judged on complete classes with ``min_cohort`` instances that the grid
+    draws ``min_thickness_voxels`` thick (cohort median): a class a voxel or two across ends in a full slice
+    wherever it ends. The place is the cut end's level.
+    """
+    whole = stats[~stats.truncated]
+    by_class = whole.groupby("class_name")
+    judged = ((by_class.thickness_voxels.transform("median") >= p.min_thickness_voxels)
+              & (by_class.class_name.transform("size") >= p.min_cohort))
+    whole = whole[judged]
+    mappings = {s: level_mapping(g) for s, g in stats.groupby("subject_id")}
+    findings = []
+    for end, z_end in (("head", "z_top"), ("foot", "z_bottom")):
+        share = whole[f"{end}_end_share"]
+        usual = share.groupby(whole.class_name).transform("median")
+        z = share.groupby(whole.class_name).transform(robust_z)
+        for r, s, u in zip(whole.itertuples(), share, usual):
+            if s - u >= p.cut_min_step and z[r.Index] > p.outlier_z:
+                level = getattr(r, z_end)
+                findings.append(_finding(
+                    r.subject_id, "cut_end", r.class_name,
+                    f"its {end} end is a full cross-section ({s:.0%} of its widest slice; the cohort's tapers to "
+                    f"{u:.0%}): cut off at a wrong level?", place_of(level, level, mappings[r.subject_id])))
+    return findings
+
+
 def _places(findings: pd.DataFrame, stats: pd.DataFrame, scans: pd.DataFrame) -> list[str]:
     """Each finding's place: the rule's own, else the head-foot range of its classes (both of a pair ``a/b``)."""
     extents = stats.set_index(["subject_id", "class_name"])[["z_top", "z_bottom"]]
@@ -412,7 +446,8 @@ def cohort_flags(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams = FlagP
         + lr_swaps(stats, scans, p)
         + order_violations(stats, p)
         + outside_body(stats, scans, p)
-        + beyond_edge(stats, p),
+        + beyond_edge(stats, p)
+        + cut_ends(stats, p),
         columns=FINDING_COLUMNS,
     )
     findings["place"] = _places(findings, stats, scans)

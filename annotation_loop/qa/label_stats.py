@@ -34,7 +34,8 @@ CLASS_COLUMNS = {"class_id": "int64", "class_name": "object", "voxels": "int64",
                  "cx": "float64", "cy": "float64", "cz": "float64", "z_top": "float64", "z_bottom": "float64",
                  "truncated": "bool", "n_components": "int64", "largest_component_fraction": "float64",
                  "stray_mm": "float64", "surface_share": "float64", "thickness_voxels": "float64",
-                 "outside_fraction": "float64", "outside_ml": "float64", "edge_voxels": "int64",
+                 "outside_fraction": "float64", "outside_ml": "float64", "head_end_share": "float64",
+                 "foot_end_share": "float64", "edge_voxels": "int64",
                  "inside_hu": "float64", "inside_spread_hu": "float64", "border_hu": "float64",
                  "around_hu": "float64"}
 
@@ -145,6 +146,19 @@ def thickness_voxels(mask: np.ndarray, spacing_zyx) -> float:
     return float(2.0 * depth.max() / max(spacing_zyx))
 
 
+def end_shares(mask: np.ndarray, axial_axis: int, head_last: bool) -> tuple[float, float]:
+    """The area of the class's head-most and foot-most axial slices, each as a share of its widest slice's.
+
+    A class ends where it tapers (a kidney's pole, a lung's apex: a small share) or against a neighbour's
+    face; one cut off at a wrong level ends in a full cross-section. ``head_last``: the array's last slices
+    along ``axial_axis`` are the head's.
+    """
+    area = np.count_nonzero(mask, axis=tuple(a for a in range(3) if a != axial_axis))
+    drawn = np.flatnonzero(area)
+    first, last = area[drawn[0]] / area.max(), area[drawn[-1]] / area.max()
+    return (float(last), float(first)) if head_last else (float(first), float(last))
+
+
 NO_EDGE = {"edge_voxels": 0, "inside_hu": np.nan, "inside_spread_hu": np.nan, "border_hu": np.nan,
            "around_hu": np.nan}  # without a CT, or a class with no inside or no background beside it
 
@@ -217,6 +231,8 @@ def measure(
 
         def outside_count(class_id, box, mask):
             return isolated(class_id, box)
+    axial = _axial_axis(grid)
+    head_last = bool(affine[2, 2 - axial] > 0)  # patient z (to the head) grows along the array's axial axis
     rows = []
     total, weighted = 0, np.zeros(3)
     for class_id, box in sorted(class_boxes(labels, pad=0).items()):
@@ -238,6 +254,7 @@ def measure(
         sizes = np.bincount(components.ravel())[1:]
         touches = any(s.start == 0 or s.stop == size for s, size in zip(box, labels.shape))
         outside = outside_count(class_id, box, mask)
+        head_share, foot_share = end_shares(mask, axial, head_last)
         edge = NO_EDGE
         if ct is not None:
             wider = tuple(slice(max(0, s.start - 1), min(size, s.stop + 1)) for s, size in zip(box, labels.shape))
@@ -261,6 +278,8 @@ def measure(
                 "thickness_voxels": thickness_voxels(mask, spacing_zyx),
                 "outside_fraction": outside / n,
                 "outside_ml": outside * voxel_mm3 / 1000.0,
+                "head_end_share": head_share,
+                "foot_end_share": foot_share,
                 **edge,
             }
         )
@@ -273,7 +292,7 @@ def measure(
         "x_min": float(image_corners[:, 0].min()),
         "x_max": float(image_corners[:, 0].max()),
         "labels_cx": float(weighted[0] / total) if total else np.nan,
-        "slice_mm": float(grid.spacing_xyz[2 - _axial_axis(grid)]),
+        "slice_mm": float(grid.spacing_xyz[2 - axial]),
         "body_source": body_source,
     }
     return SubjectStats(pd.DataFrame(rows, columns=list(CLASS_COLUMNS)).astype(CLASS_COLUMNS), scan)
