@@ -19,7 +19,7 @@ from scipy import ndimage
 from annotation_loop.qa import compute_flags, render_subjects
 from annotation_loop.qa.bench import isotropic
 from annotation_loop.qa.flag_bench import Measured, judge, measure_labels, read_cohort
-from annotation_loop.qa.flags import FLAGS, FlagParams, beyond_edge, cohort_flags, cut_ends, robust_z
+from annotation_loop.qa.flags import FLAGS, FlagParams, beyond_edge, cohort_flags, cut_ends, robust_z, stray_pieces
 from annotation_loop.qa.groups import groups_from_config, ungrouped
 from annotation_loop.qa.label_stats import edge_intensities, measure
 from annotation_loop.qa.meshing import VoxelGrid, mesh_classes
@@ -408,6 +408,31 @@ def test_a_class_grown_beyond_the_edge_the_ct_shows_is_flagged_on_the_real_examp
     share = (row.border_hu - row.around_hu) / (row.inside_hu - row.around_hu)
     assert share["clean"] > 0.6 and share["grown"] < 0.2, share
     assert row.around_hu["grown"] < -50  # grown into the fat around the kidney
+
+
+def test_a_piece_dropped_inside_its_class_box_is_stray_unless_the_cohort_draws_the_class_in_parts():
+    """A ball 48 mm inside a hollow heart_myocardium (in its bounding box) is a stray piece, measured between the
+    nearest voxels; a hip_left that every subject has as a ring with a ball inside is measured between the
+    parts' boxes (a phantom draws its hip bones in two parts) and is not."""
+    zz, yy, xx = np.mgrid[:50, :50, :100]
+    centre = np.sqrt((zz - 25) ** 2 + (yy - 25) ** 2 + (xx - 25) ** 2)
+    ring = np.sqrt((yy - 25) ** 2 + (xx - 75) ** 2)
+    ball = np.sqrt((zz - 25) ** 2 + (yy - 25) ** 2 + (xx - 75) ** 2) <= 2.5
+    grid = VoxelGrid((3.0, 3.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    stats = []
+    for k in range(6):
+        labels = np.zeros(zz.shape, np.uint8)
+        labels[(centre >= 18) & (centre <= 21)] = classes.id_of("heart_myocardium")
+        labels[((ring >= 17) & (ring <= 20) & (np.abs(zz - 25) <= 2)) | ball] = classes.id_of("hip_left")
+        if k == 5:
+            labels[centre <= 2.5] = classes.id_of("heart_myocardium")
+        stats.append(measure(labels, grid).classes.assign(subject_id=f"s{k}"))
+    stats = pd.concat(stats, ignore_index=True)
+    row = stats.set_index(["subject_id", "class_name"])
+    assert row.stray_mm["s5", "heart_myocardium"] == 0.0 and 40 <= row.stray_voxel_mm["s5", "heart_myocardium"] <= 50
+    assert row.stray_mm["s0", "hip_left"] == 0.0 and row.stray_voxel_mm["s0", "hip_left"] >= 40
+    findings = stray_pieces(stats, FlagParams())
+    assert [(f["subject_id"], f["class_name"]) for f in findings] == [("s5", "heart_myocardium")]
 
 
 def test_a_class_cut_off_at_a_wrong_level_ends_in_a_full_cross_section_and_is_flagged_at_its_cut():

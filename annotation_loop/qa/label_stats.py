@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from scipy.spatial import cKDTree
 from skimage.morphology import convex_hull_object
 
 from annotation_loop.qa.meshing import VoxelGrid, class_boxes
@@ -33,7 +34,7 @@ class StatsParams:
 CLASS_COLUMNS = {"class_id": "int64", "class_name": "object", "voxels": "int64", "volume_ml": "float64",
                  "cx": "float64", "cy": "float64", "cz": "float64", "z_top": "float64", "z_bottom": "float64",
                  "truncated": "bool", "n_components": "int64", "largest_component_fraction": "float64",
-                 "stray_mm": "float64", "surface_share": "float64", "thickness_voxels": "float64",
+                 "stray_mm": "float64", "stray_voxel_mm": "float64", "surface_share": "float64", "thickness_voxels": "float64",
                  "outside_fraction": "float64", "outside_ml": "float64", "head_end_share": "float64",
                  "foot_end_share": "float64", "edge_voxels": "int64",
                  "inside_hu": "float64", "inside_spread_hu": "float64", "border_hu": "float64",
@@ -184,9 +185,11 @@ def edge_intensities(mask: np.ndarray, background: np.ndarray, ct: np.ndarray) -
 
 
 def _stray_mm(components: np.ndarray, sizes: np.ndarray, min_voxels: int, spacing_zyx, box: tuple[slice, ...],
-              shape: tuple[int, ...]) -> float:
-    """How far the most isolated piece of a class (of at least ``min_voxels``) lies from every other piece of it:
-    the gap (mm) between bounding boxes; 0 for a class in one piece.
+              shape: tuple[int, ...]) -> tuple[float, float]:
+    """How far the most isolated piece of a class (of at least ``min_voxels``) lies from every other piece of it,
+    in mm, measured twice: between the pieces' bounding boxes, and between their nearest voxels (which also sees
+    a piece dropped inside the class's own box: between a rib's arms, among the heart's chambers); (0, 0) for a
+    class in one piece.
 
     Measured to the nearest other piece, not to the largest: a tube that the grid or an overlying structure
     breaks into a chain of pieces is not stray, a piece dropped far from its class is. A piece touching the
@@ -194,16 +197,25 @@ def _stray_mm(components: np.ndarray, sizes: np.ndarray, min_voxels: int, spacin
     of its class outside the scan.
     """
     if len(sizes) < 2:
-        return 0.0
+        return 0.0, 0.0
     boxes = ndimage.find_objects(components)
     lo = np.array([[s.start for s in piece] for piece in boxes], float)
     hi = np.array([[s.stop - 1 for s in piece] for piece in boxes], float)
     start = np.array([s.start for s in box], float)
     at_edge = ((lo + start) == 0).any(axis=1) | ((hi + start) == np.array(shape) - 1).any(axis=1)
+    judged = (sizes >= min_voxels) & ~at_edge
+    if not judged.any():
+        return 0.0, 0.0
     gap = np.maximum(0.0, np.maximum(lo[:, None] - hi[None], lo[None] - hi[:, None]) - 1) * np.asarray(spacing_zyx)
     distance = np.sqrt((gap ** 2).sum(axis=2))
     np.fill_diagonal(distance, np.inf)
-    return float(distance.min(axis=1)[(sizes >= min_voxels) & ~at_edge].max(initial=0.0))
+    # Nearest voxels: a piece's nearest voxel to another piece lies on both their surfaces.
+    pieces = components > 0
+    surface = pieces & ~ndimage.binary_erosion(pieces, structure=_CUBE)
+    points = np.argwhere(surface) * np.asarray(spacing_zyx)
+    owner = components[surface]
+    nearest = [cKDTree(points[owner != k]).query(points[owner == k])[0].min() for k in np.flatnonzero(judged) + 1]
+    return float(distance.min(axis=1)[judged].max()), float(max(nearest))
 
 
 def measure(
@@ -255,6 +267,7 @@ def measure(
         touches = any(s.start == 0 or s.stop == size for s, size in zip(box, labels.shape))
         outside = outside_count(class_id, box, mask)
         head_share, foot_share = end_shares(mask, axial, head_last)
+        stray_box, stray_voxel = _stray_mm(components, sizes, min_voxels, spacing_zyx, box, labels.shape)
         edge = NO_EDGE
         if ct is not None:
             wider = tuple(slice(max(0, s.start - 1), min(size, s.stop + 1)) for s, size in zip(box, labels.shape))
@@ -273,7 +286,8 @@ def measure(
                 "truncated": bool(touches),
                 "n_components": int(np.count_nonzero(sizes >= min_voxels)),
                 "largest_component_fraction": float(sizes.max() / n),
-                "stray_mm": _stray_mm(components, sizes, min_voxels, spacing_zyx, box, labels.shape),
+                "stray_mm": stray_box,
+                "stray_voxel_mm": stray_voxel,
                 "surface_share": surface_share(mask),
                 "thickness_voxels": thickness_voxels(mask, spacing_zyx),
                 "outside_fraction": outside / n,
