@@ -13,9 +13,12 @@ import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    import torch
 
 # The folder nnU-Net searches for trainers outside its own package (nnUNet_extTrainer).
 TRAINER_DIR = Path(__file__).resolve().parent / "nnunet_ext"
@@ -81,6 +84,7 @@ def scoped_environment(values: Mapping[str, str | None]) -> Iterator[None]:
 
 def torch_device(name: str) -> torch.device:
     """The torch device for ``device=cuda|cpu|mps``, with a clear error when it is not available here."""
+    import torch  # here, not at the top: stages that only read the engine's files start without torch
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but no CUDA GPU is available on this machine; use device=cpu (or mps)")
     if name == "mps" and not torch.backends.mps.is_available():

@@ -7,9 +7,9 @@ import logging
 import os
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from totalseg_train.atomic import remove_stale_temporaries, write_text
@@ -18,6 +18,9 @@ from totalseg_train.engine.datasets import PartDataset
 from totalseg_train.engine.environment import nnunet_folders, scoped_environment, torch_device
 from totalseg_train.engine.planning import Plan
 from totalseg_train.engine.wandb_log import finish_active_run
+
+if TYPE_CHECKING:  # torch is imported where it is used: withdrawal and reports read the engine's files only
+    import torch
 
 log = logging.getLogger(__name__)
 FOLD = 0
@@ -53,6 +56,8 @@ def is_trained(folder: Path) -> bool:
 
 def set_torch_threads(device: torch.device, threads: int | None = None) -> None:
     """``threads``, or as nnU-Net's own entry point does: all cores on a CPU, one when a GPU does the work."""
+    import torch
+
     if threads is None:
         threads = (os.cpu_count() or 1) if device.type == "cpu" else 1
     torch.set_num_threads(max(1, int(threads)))
@@ -61,6 +66,8 @@ def set_torch_threads(device: torch.device, threads: int | None = None) -> None:
 def seed_everything(seed: int) -> None:
     """Seed Python's, numpy's and torch's generators: nnU-Net's weights, patch sampling and augmentation
     draw from them (augmentation processes seed themselves, so only data_workers=0 repeats exactly)."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

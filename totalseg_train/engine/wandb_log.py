@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import wandb
 from omegaconf import DictConfig
 
 
 def finish_active_run() -> None:
+    import wandb  # here, not at the top: every stage that imports the engine would pay wandb's 0.5 s start-up
+
     if wandb.run is not None:
         wandb.finish()
 
@@ -32,6 +33,8 @@ def add_to_nnunet_run(fold_dir: str | Path, cfg: DictConfig, config: dict | None
     if run_id is None:
         return None
     finish_active_run()
+    import wandb
+
     run = wandb.init(project=str(cfg.logger.project), entity=cfg.logger.entity or None, dir=str(fold_dir),
                      id=run_id, resume="allow", mode=str(cfg.logger.mode))
     if config:
