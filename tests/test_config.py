@@ -55,3 +55,12 @@ def test_cfg_job_prints_the_resolved_config_with_overrides(tmp_path):
     ).stdout
     cfg = OmegaConf.create(out)
     assert cfg.n_subjects == 3 and cfg.out == f"{tmp_path}/raw"
+
+
+def test_bench_predict_takes_files_as_the_readme_gives_them(tmp_path):
+    """``'files={largest: ct.nii.gz}'`` (README, make gpu-check): a mapping from no files at all, not a key added
+    to a fixed empty one (Hydra refuses that)."""
+    cfg = compose_config("bench_predict", [f"paths.workspace={tmp_path}", "files={largest: /data/ct.nii.gz}",
+                                           "cases=[largest]"])
+    assert OmegaConf.to_container(cfg.files) == {"largest": "/data/ct.nii.gz"} and list(cfg.cases) == ["largest"]
+    assert compose_config("bench_predict", [f"paths.workspace={tmp_path}"]).files is None
