@@ -26,7 +26,7 @@ TSREF := .venv-tsref
 TSREF_PACKAGES := 'fury==0.12.0' 'vtk==9.3.1' 'nibabel>=5' 'xvfbwrapper>=0.2'
 
 .DEFAULT_GOAL := help
-.PHONY: audit release robustness bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-qa-flags bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics bench-scale
+.PHONY: audit release robustness bootstrap-round help setup system-deps test demo heart phantom tables clean-demo bench-phantom bench-eval bench-qa bench-qa-flags bench-curate bench-train bench-heart bench-predict aging-demo bench-statistics bench-scale gpu-bundle gpu-check
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -166,6 +166,14 @@ bench-heart: setup ## Heart label transfer on 40 phantom patients (3 mm): Dice p
 	$(PY) -m data_prep.curate paths.workspace=$$d progress=false >/dev/null && \
 	$(PY) -m data_prep.phantom.truth_labels paths.workspace=$$d >/dev/null && \
 	$(PY) -m data_prep.heart_transfer.bench --workspace $$d --out $(CURDIR)/workspace/bench_heart.json
+
+gpu-bundle: setup ## (here) The packages gpu-check needs on a lent GPU machine, for its Python 3.12: gpu_bundle/site.tar.xz (~40 MB)
+	$(PY) -m data_prep.gpu_bundle --out gpu_bundle
+
+gpu-check: ## (on a lent GPU machine, gpu_bundle carried) fast and a highres part trained a few epochs, a whole-body prediction: s/iteration, GPU memory and runtime into OUT (~6 min)
+	@test -f gpu_bundle/site.tar.xz || { echo "gpu_bundle/site.tar.xz missing: run make gpu-bundle here and carry gpu_bundle" >&2; exit 1; }
+	rm -rf /tmp/gpu_site && mkdir -p /tmp/gpu_site && tar -xJf gpu_bundle/site.tar.xz -C /tmp/gpu_site
+	PYTHONPATH=/tmp/gpu_site:$(CURDIR) python3 -m data_prep.gpu_check --out $${OUT:-$(CURDIR)/workspace/gpu_check} --work /tmp/gpu_check
 
 bench-predict: setup ## Every trained model of $(WORKSPACE) predicts its smallest, median and largest CT: time, peak RAM and GPU memory beside the paper's
 	$(PY) -m totalseg_train.runtime paths.workspace=$(WORKSPACE)
