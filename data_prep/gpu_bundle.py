@@ -46,8 +46,8 @@ def download(requirement: str, python_version: str, wheels: Path) -> None:
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels),
                             requirement], capture_output=True, text=True)
     new = set(wheels.glob("*.whl")) - before
-    if built.returncode or not new or not all(w.name.endswith("-py3-none-any.whl") or w.name.endswith("-py2.py3-none-any.whl")
-                                                for w in new):
+    pure = all(w.name.endswith(("-py3-none-any.whl", "-py2.py3-none-any.whl")) for w in new)
+    if built.returncode or not new or not pure:  # a wheel built here for a compiled package is for this Python
         raise SystemExit(f"gpu-bundle: no wheel of {requirement} for Python {python_version}:\n{got.stderr[-1500:]}"
                          f"{built.stderr[-1500:]}")
 

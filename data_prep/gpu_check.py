@@ -93,9 +93,10 @@ def train(name: str, experiment: str, cohort: Path, workspace: Path, args, log: 
     step = run_step(name, [sys.executable, "-m", "totalseg_train", f"+experiment={experiment}",
                            f"paths.workspace={workspace}", f"subjects_csv={cohort / 'subjects.csv'}",
                            f"images_dir={cohort / 'images'}", f"labels_dir={cohort / 'labels'}",
-                           f"device={args.device}", f"model.epochs={args.epochs}",
-                           f"model.iterations_per_epoch={args.iterations}", f"model.val_iterations={args.val_iterations}",
-                           f"workers={args.workers}", "model.final_validation=false", *extra, *args.override], log)
+                           f"device={args.device}", f"workers={args.workers}", f"model.epochs={args.epochs}",
+                           f"model.iterations_per_epoch={args.iterations}",
+                           f"model.val_iterations={args.val_iterations}", "model.final_validation=false", *extra,
+                           *args.override], log)
     logs = sorted(workspace.rglob("training_log_*.txt"), key=lambda p: p.stat().st_mtime)  # nnU-Net's results
     epochs = epoch_seconds(logs[-1].read_text()) if logs else []
     if epochs:
@@ -105,9 +106,9 @@ def train(name: str, experiment: str, cohort: Path, workspace: Path, args, log: 
 
 def study(name: str, out: Path, args, log: Path, spacing_mm: float, extent: str) -> Step:
     return run_step(name, [sys.executable, "-m", "data_prep.phantom.study", f"out={out}",
-                           f"n_subjects={args.subjects}", f"pixel_spacing_mm={spacing_mm}", f"thickness_mm={spacing_mm}",
-                           f"extent={extent}", f"workers={args.workers}", "progress=false",
-                           f"paths.workspace={out.parent}"], log)
+                           f"n_subjects={args.subjects}", f"pixel_spacing_mm={spacing_mm}",
+                           f"thickness_mm={spacing_mm}", f"extent={extent}", f"workers={args.workers}",
+                           "progress=false", f"paths.workspace={out.parent}"], log)
 
 
 def gpu_name(device: str) -> str:

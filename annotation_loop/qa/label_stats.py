@@ -34,9 +34,9 @@ class StatsParams:
 CLASS_COLUMNS = {"class_id": "int64", "class_name": "object", "voxels": "int64", "volume_ml": "float64",
                  "cx": "float64", "cy": "float64", "cz": "float64", "z_top": "float64", "z_bottom": "float64",
                  "truncated": "bool", "n_components": "int64", "largest_component_fraction": "float64",
-                 "stray_mm": "float64", "stray_voxel_mm": "float64", "surface_share": "float64", "thickness_voxels": "float64",
-                 "outside_fraction": "float64", "outside_ml": "float64", "head_end_share": "float64",
-                 "foot_end_share": "float64", "edge_voxels": "int64",
+                 "stray_mm": "float64", "stray_voxel_mm": "float64", "surface_share": "float64",
+                 "thickness_voxels": "float64", "outside_fraction": "float64", "outside_ml": "float64",
+                 "head_end_share": "float64", "foot_end_share": "float64", "edge_voxels": "int64",
                  "inside_hu": "float64", "inside_spread_hu": "float64", "border_hu": "float64",
                  "around_hu": "float64"}
 

@@ -3,8 +3,9 @@
 Writes ``<out>/images/<subject_id>.nii.gz`` (HU), ``<out>/labels/<subject_id>.nii.gz`` (the exact
 truth) and ``<out>/subjects.csv`` with curation's column names (patient, age, sex, site, scanner, contrast
 phase), without DICOM and curation: the aging study's cohort of a few hundred subjects in minutes, or a
-training's cohort as it is (``make gpu-check``). One exam per patient, drawn like the DICOM cohort's (same plan, anatomy and planted age effects) but
-on one scan extent (``extent``). Subjects already written are skipped.
+training's cohort as it is (``make gpu-check``). One exam per patient, drawn like the DICOM cohort's (same
+plan, anatomy and planted age effects) but on one scan extent (``extent``). Subjects already written are
+skipped.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ def subject_id(exam: ExamPlan) -> str:
 def subject_row(exam: ExamPlan) -> dict:
     manufacturer, model, kernel, _ = SCANNERS[exam.scanner]
     # One exam per patient: the patient's pseudonym is the subject's id (a training splits by patient).
-    return {"subject_id": subject_id(exam), "patient": subject_id(exam), "sex": exam.sex, "age": exam.age, "study_year": exam.study_date.year,
-            "site": f"site{exam.site}", "manufacturer": manufacturer, "model": model, "kvp": exam.kvp,
-            "kernel": kernel, "contrast_phase": exam.phase, "body_region": exam.extent}
+    return {"subject_id": subject_id(exam), "patient": subject_id(exam), "sex": exam.sex, "age": exam.age,
+            "study_year": exam.study_date.year, "site": f"site{exam.site}", "manufacturer": manufacturer,
+            "model": model, "kvp": exam.kvp, "kernel": kernel, "contrast_phase": exam.phase,
+            "body_region": exam.extent}
 
 
 def write_subject(exam: ExamPlan, cfg_dict: dict) -> str:
