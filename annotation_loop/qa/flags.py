@@ -407,19 +407,19 @@ def cut_ends(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
     judged = ((by_class.thickness_voxels.transform("median") >= p.min_thickness_voxels)
               & (by_class.class_name.transform("size") >= p.min_cohort))
     whole = whole[judged]
-    mappings = {s: level_mapping(g) for s, g in stats.groupby("subject_id")}
     findings = []
     for end, z_end in (("head", "z_top"), ("foot", "z_bottom")):
         share = whole[f"{end}_end_share"]
-        usual = share.groupby(whole.class_name).transform("median")
-        z = share.groupby(whole.class_name).transform(robust_z)
-        for r, s, u in zip(whole.itertuples(), share, usual):
-            if s - u >= p.cut_min_step and z[r.Index] > p.outlier_z:
-                level = getattr(r, z_end)
-                findings.append(_finding(
-                    r.subject_id, "cut_end", r.class_name,
-                    f"its {end} end is a full cross-section ({s:.0%} of its widest slice; the cohort's tapers to "
-                    f"{u:.0%}): cut off at a wrong level?", place_of(level, level, mappings[r.subject_id])))
+        by_class = share.groupby(whole.class_name)
+        usual = by_class.transform("median")
+        cut = (share - usual >= p.cut_min_step) & (by_class.transform(robust_z) > p.outlier_z)
+        for r, s, u in zip(whole[cut].itertuples(), share[cut], usual[cut]):
+            level = getattr(r, z_end)
+            to_level = level_mapping(stats[stats.subject_id == r.subject_id])  # only for the few cut classes
+            findings.append(_finding(
+                r.subject_id, "cut_end", r.class_name,
+                f"its {end} end is a full cross-section ({s:.0%} of its widest slice; the cohort's tapers to "
+                f"{u:.0%}): cut off at a wrong level?", place_of(level, level, to_level)))
     return findings
 
 
