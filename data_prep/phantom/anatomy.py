@@ -133,6 +133,7 @@ def structures(body: Body, rng: np.random.Generator, jitter_mm: float = 4.0, siz
     _lungs_and_airways(b)
     _heart_and_vessels(b)
     _muscles(b)
+    _pelvic_vessels(b)
     _bones(b)
     return b.items
 
@@ -220,6 +221,11 @@ def _heart_and_vessels(b: _Builder) -> None:
     )
     b.add("inferior_vena_cava", b.tube([[-24, 26, 985], [-26, 24, 1120], [-18, 2, 1200]], 11))
     b.add("portal_vein_and_splenic_vein", b.tube([[-42, -12, 1124], [-5, 2, 1098], [62, 26, 1112]], 7))
+
+
+def _pelvic_vessels(b: _Builder) -> None:
+    # The iliac vessels run along the iliopsoas; painted after it, they indent the muscle where the two
+    # touch instead of being cut in two by it, as no real vessel is.
     for side, s in (("left", 1), ("right", -1)):
         b.add(f"iliac_vena_{side}", b.tube([[-18, 32, 975], [s * 48, 40, 935], [s * 76, 28, 880]], 8))
     for side, s in (("left", 1), ("right", -1)):
@@ -232,7 +238,7 @@ def _muscles(b: _Builder) -> None:
         b.add(f"iliopsoas_{side}", b.tube([[s * 38, 52, 1085], [s * 60, 32, 955], [s * 86, -4, 872], [s * 94, -10, 830]], 15))
         b.add(f"gluteus_maximus_{side}", b.ellipsoid([s * 84, 102, 872], [50, 34, 70]))
         b.add(f"gluteus_medius_{side}", b.ellipsoid([s * 122, 58, 945], [30, 26, 44]))
-        b.add(f"gluteus_minimus_{side}", b.ellipsoid([s * 112, 34, 925], [20, 16, 30]))
+        b.add(f"gluteus_minimus_{side}", b.ellipsoid([s * 130, 22, 915], [16, 14, 28]))
 
 
 def _bones(b: _Builder) -> None:
