@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from annotation_loop.qa import compute_flags, render_subjects
 from annotation_loop.qa.bench import isotropic
-from annotation_loop.qa.flag_bench import Measured, judge, measure_labels, read_cohort
+from annotation_loop.qa.flag_bench import Measured, judge, measure_labels, read_cohort, resected_classes
 from annotation_loop.qa.flags import FLAGS, FlagParams, beyond_edge, cohort_flags, cut_ends, robust_z, stray_pieces
 from annotation_loop.qa.groups import groups_from_config, ungrouped
 from annotation_loop.qa.label_stats import edge_intensities, measure
@@ -513,3 +513,14 @@ def test_planted_errors_change_the_map_as_they_say_and_the_flags_find_them_at_3_
     # instances in 7 subjects cannot pin down its extent.
     found = {kind for kind, r in result["kinds"].items() if r["found"]}
     assert found == set(ERROR_KINDS), result["kinds"]
+
+    # A kidney that surgery removed (the phantom records it) is rightly reported missing; the benchmark counts
+    # such a subject apart from the false alarms.
+    nephrectomy = np.where(labels == classes.id_of("kidney_left"), 0, labels)
+    clean[base] = measure_labels(subjects[base], nephrectomy)
+    result = judge(Measured("test", ids, list(subjects[0].grid.spacing_xyz), clean, {},
+                            {ids[base]: resected_classes("resected_kidney_left")}))
+    assert result["clean_flags"] == {"missing_expected kidney_left": 1}
+    assert result["false_alarm_rate"] == pytest.approx(1 / len(ids))
+    assert result["resection_only"] == 1 and result["false_alarm_rate_unexplained"] == 0.0
+    assert resected_classes("cyst_kidney_right") == resected_classes("") == frozenset()
