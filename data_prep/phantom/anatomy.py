@@ -132,8 +132,11 @@ def structures(body: Body, rng: np.random.Generator, jitter_mm: float = 4.0, siz
     _soft_organs(b)
     _lungs_and_airways(b)
     _heart_and_vessels(b)
+    # The iliac vessels are drawn where the random stream always drew them, so that every other structure
+    # keeps its jitter, and painted after the muscles (see _pelvic_vessels).
+    pelvic_vessels = _pelvic_vessels(b)
     _muscles(b)
-    _pelvic_vessels(b)
+    b.items += pelvic_vessels
     _bones(b)
     return b.items
 
@@ -223,13 +226,14 @@ def _heart_and_vessels(b: _Builder) -> None:
     b.add("portal_vein_and_splenic_vein", b.tube([[-42, -12, 1124], [-5, 2, 1098], [62, 26, 1112]], 7))
 
 
-def _pelvic_vessels(b: _Builder) -> None:
-    # The iliac vessels run along the iliopsoas; painted after it, they indent the muscle where the two
-    # touch instead of being cut in two by it, as no real vessel is.
-    for side, s in (("left", 1), ("right", -1)):
-        b.add(f"iliac_vena_{side}", b.tube([[-18, 32, 975], [s * 48, 40, 935], [s * 76, 28, 880]], 8))
-    for side, s in (("left", 1), ("right", -1)):
-        b.add(f"iliac_artery_{side}", b.tube([[6, 22, 985], [s * 52, 30, 940], [s * 80, 16, 885]], 7))
+def _pelvic_vessels(b: _Builder) -> list[tuple[str, object]]:
+    """The iliac veins and arteries, to be painted after the iliopsoas they run along: they indent the muscle
+    where the two touch instead of being cut in two by it, as no real vessel is."""
+    veins = [(f"iliac_vena_{side}", b.tube([[-18, 32, 975], [s * 48, 40, 935], [s * 76, 28, 880]], 8))
+             for side, s in (("left", 1), ("right", -1))]
+    arteries = [(f"iliac_artery_{side}", b.tube([[6, 22, 985], [s * 52, 30, 940], [s * 80, 16, 885]], 7))
+                for side, s in (("left", 1), ("right", -1))]
+    return veins + arteries
 
 
 def _muscles(b: _Builder) -> None:
