@@ -19,7 +19,8 @@ from scipy import ndimage
 from annotation_loop.qa import compute_flags, render_subjects
 from annotation_loop.qa.bench import isotropic
 from annotation_loop.qa.flag_bench import Measured, judge, measure_labels, read_cohort, resected_classes
-from annotation_loop.qa.flags import FLAGS, FlagParams, beyond_edge, cohort_flags, cut_ends, robust_z, stray_pieces
+from annotation_loop.qa.flags import (FLAGS, FlagParams, beyond_edge, cohort_flags, cut_ends, expected_margins,
+                                     missing_expected, robust_z, short_of_edge, stray_pieces)
 from annotation_loop.qa.groups import groups_from_config, ungrouped
 from annotation_loop.qa.label_stats import edge_intensities, measure
 from annotation_loop.qa.meshing import VoxelGrid, mesh_classes
@@ -201,6 +202,42 @@ def test_robust_z_ignores_a_single_outlier():
     z = robust_z(np.array([10.0, 11.0, 9.0, 10.5, 9.5, 100.0]))
     assert abs(z[0]) < 1 and z[-1] > 50
     assert FlagParams().outlier_z > 3
+
+
+def _extent_cohort(portal_top_levels: list[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stats of subjects whose scans cover levels T10-L3 (vertebrae 30 mm apart, T10 at z 1000 mm), each with a
+    portal vein from the given level down to L1; a last subject without it."""
+    z_of = lambda level: 1000.0 - 30.0 * (level - 16)  # T10 is level 16
+    rows, scans = [], []
+    for k, top in enumerate([*portal_top_levels, None]):
+        subject = f"s{k:02d}"
+        for level, name in enumerate(["T10", "T11", "T12", "L1", "L2", "L3"], start=16):
+            z = z_of(level)
+            rows.append({"subject_id": subject, "class_name": f"vertebrae_{name}", "cx": 0.0, "cz": z,
+                         "z_top": z + 10, "z_bottom": z - 10, "truncated": False})
+        if top is not None:
+            rows.append({"subject_id": subject, "class_name": "portal_vein_and_splenic_vein", "cx": 0.0,
+                         "cz": z_of(top + 0.8), "z_top": z_of(top), "z_bottom": z_of(19.0), "truncated": False})
+        scans.append({"subject_id": subject, "z_max": z_of(17.5), "z_min": z_of(21.5), "x_min": -200.0,
+                      "x_max": 200.0, "labels_cx": 0.0})
+    return pd.DataFrame(rows), pd.DataFrame(scans).set_index("subject_id")
+
+
+def test_a_class_is_expected_as_close_to_the_scan_end_as_the_cohort_holds_it_still():
+    """The portal vein's top lies 0.3 levels below the scan's top: expected where the cohort's veins end within
+    hundredths of a level of each other, not where they end 0.3 levels apart (SD), nor in a cohort too small
+    to tell (the fixed margin, 0.5 levels)."""
+    still = [17.8 + 0.01 * (k % 3) for k in range(8)]
+    moving = [17.8 + 0.3 * (k % 3 - 1) for k in range(8)]
+    for tops, expected in ((still, True), (moving, False), (still[:3], False)):
+        stats, scans = _extent_cohort(tops)
+        missing = {(f["subject_id"], f["class_name"]) for f in missing_expected(stats, scans, FlagParams())}
+        assert missing == ({(scans.index[-1], "portal_vein_and_splenic_vein")} if expected else set()), tops
+    reference = pd.DataFrame({"n": [10, 10, 2], "top_sd": [0.3, 0.01, 0.0], "bottom_sd": [0.1, 0.02, 0.0]},
+                             index=["a", "b", "c"])
+    # 2 SDs of the more variable end, at least 0.15; c (too few instances) takes the median spread, 0.16
+    assert expected_margins(reference, FlagParams()).round(3).tolist() == [0.6, 0.15, 0.32]
+    assert expected_margins(reference.assign(n=3), FlagParams()).tolist() == [0.5, 0.5, 0.5]
 
 
 def test_default_groups_show_every_class_once():
@@ -433,6 +470,24 @@ def test_a_piece_dropped_inside_its_class_box_is_stray_unless_the_cohort_draws_t
     assert row.stray_mm["s0", "hip_left"] == 0.0 and row.stray_voxel_mm["s0", "hip_left"] >= 40
     findings = stray_pieces(stats, FlagParams())
     assert [(f["subject_id"], f["class_name"]) for f in findings] == [("s5", "heart_myocardium")]
+
+
+def test_a_class_drawn_short_of_its_edge_is_flagged_where_the_cohort_shows_that_edge():
+    """A lung lobe shrunk inside the lung has lung around it; a muscle beside unlabelled muscle shows no edge in
+    any subject, so its look-alike surroundings say nothing."""
+    rows = []
+    for k in range(7):
+        shrunk = k == 6
+        rows.append({"subject_id": f"s{k}", "class_name": "lung_upper_lobe_left", "inside_hu": -850.0 + k,
+                     "around_hu": -848.0 if shrunk else -60.0 + 5 * k, "border_hu": -840.0, "inside_spread_hu": 20.0,
+                     "edge_voxels": 500})
+        rows.append({"subject_id": f"s{k}", "class_name": "gluteus_medius_left", "inside_hu": 50.0,
+                     "around_hu": 40.0 + k, "border_hu": 50.0, "inside_spread_hu": 20.0, "edge_voxels": 500})
+    stats = pd.DataFrame(rows)
+    findings = short_of_edge(stats, FlagParams())
+    assert [(f["subject_id"], f["class_name"]) for f in findings] == [("s6", "lung_upper_lobe_left")]
+    assert "(-848 HU) looks like its inside (-844 HU)" in findings[0]["detail"]
+    assert short_of_edge(stats, FlagParams(min_cohort=8)) == []  # 7 lobes: too few to judge
 
 
 def test_a_class_cut_off_at_a_wrong_level_ends_in_a_full_cross_section_and_is_flagged_at_its_cut():

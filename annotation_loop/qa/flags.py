@@ -25,6 +25,7 @@ FLAGS: tuple[str, ...] = (
     "order_violation",
     "outside_body",
     "beyond_edge",
+    "short_of_edge",
     "cut_end",
 )
 FINDING_COLUMNS = ["subject_id", "flag", "class_name", "place", "detail"]
@@ -32,7 +33,10 @@ FINDING_COLUMNS = ["subject_id", "flag", "class_name", "place", "detail"]
 
 @dataclass(frozen=True)
 class FlagParams:
-    expected_margin_levels: float = 0.5  # the scan must cover a class's usual extent by this many vertebra levels
+    expected_margin_sd: float = 2.0  # the scan must cover a class's usual extent by this many robust SDs of
+    # where the cohort's instances of it end (in vertebra levels)...
+    expected_min_margin_levels: float = 0.15  # ...and at least this many levels (what the level scale is off by)
+    expected_margin_levels: float = 0.5  # the margin of a cohort too small to measure that spread
     min_reference_subjects: int = 2  # subjects showing a class whole before its usual extent is trusted
     max_components: int = 3  # more components than this (each >= min_component_mm3) is a fragmented class
     min_thickness_voxels: float = 3.0  # pieces and extent are judged where the grid draws a class this thick
@@ -49,6 +53,8 @@ class FlagParams:
     edge_min_contrast_hu: float = 30.0  # have this many voxels, inside and surroundings differ by this much...
     edge_max_spread: float = 1.0  # ...and the inside is even (interquartile range / contrast at most this);
     edge_max_share: float = 0.5  # a border less than this share of the way from its surroundings to its inside
+    short_max_contrast: float = 0.5  # inside and surroundings closer than this x the inside's IQR: short of the
+    short_min_shown: float = 0.8  # edge, judged where this share of the cohort's instances show their edge
     cut_min_step: float = 0.45  # an end slice this share of the widest slice above the cohort's usual end (and
     # a robust z beyond outlier_z) is a class cut off at a wrong level
 
@@ -112,11 +118,28 @@ def level_mapping(subject: pd.DataFrame):
     return to_level
 
 
+def expected_margins(reference: pd.DataFrame, p: FlagParams) -> pd.Series:
+    """How far inside the scan each class's usual extent must lie before its absence is flagged (vertebra levels).
+
+    ``expected_margin_sd`` robust SDs of where the cohort's complete instances end (head or foot end, the more
+    variable), at least ``expected_min_margin_levels``: a class that sits at the same level in every patient is
+    expected close to the scan's ends, one that moves with breathing or build only well inside. A class with
+    fewer than ``min_cohort`` complete instances takes the median of the other classes' spreads; a
+    cohort where no class has them, ``expected_margin_levels``.
+    """
+    spread = reference[["top_sd", "bottom_sd"]].max(axis=1)
+    measured = reference.n >= p.min_cohort
+    if not measured.any():
+        return pd.Series(p.expected_margin_levels, index=reference.index)
+    spread = spread.where(measured, spread[measured].median())
+    return np.maximum(p.expected_min_margin_levels, p.expected_margin_sd * spread)
+
+
 def missing_expected(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) -> list[dict]:
     """Classes the scan's extent should show but that are absent.
 
     Three reasons a class is expected: (1) its usual extent in vertebral levels, learnt from the
-    cohort's complete instances, lies inside the levels the scan covers; (2) its mirror class is
+    cohort's complete instances, lies inside the levels the scan covers (by expected_margins); (2) its mirror class is
     present, complete and its mirror position lies in the field of view; (3) it is a vertebra or
     rib between two present ones.
     """
@@ -132,13 +155,15 @@ def missing_expected(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) ->
                 {"class_name": whole.class_name, "top": to_level(whole.z_top), "bottom": to_level(whole.z_bottom)}
             )
         )
-    reference = pd.DataFrame(columns=["top", "bottom", "n"])
+    reference = pd.DataFrame(columns=["top", "bottom", "n", "margin"])
     if extents:
         all_extents = pd.concat(extents)
         reference = all_extents.groupby("class_name").agg(
-            top=("top", "median"), bottom=("bottom", "median"), n=("top", "size")
+            top=("top", "median"), bottom=("bottom", "median"), n=("top", "size"),
+            top_sd=("top", robust_sd), bottom_sd=("bottom", robust_sd),
         )
         reference = reference[reference.n >= p.min_reference_subjects]
+        reference = reference.assign(margin=expected_margins(reference, p))
     sequences = [classes.vertebrae_cranio_caudal(), classes.ribs("left"), classes.ribs("right")]
     findings = []
     for subject, scan in scans.iterrows():
@@ -152,8 +177,7 @@ def missing_expected(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) ->
         if to_level is not None:
             scan_top, scan_bottom = to_level(scan.z_max), to_level(scan.z_min)
             covered = reference[
-                (reference.top >= scan_top + p.expected_margin_levels)
-                & (reference.bottom <= scan_bottom - p.expected_margin_levels)
+                (reference.top >= scan_top + reference.margin) & (reference.bottom <= scan_bottom - reference.margin)
             ]
             for name in covered.index.difference(present.index):
                 usual = level_range(covered.top[name], covered.bottom[name])
@@ -232,17 +256,21 @@ def stray_pieces(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
             for r, g in zip(bad.itertuples(), gap[bad.index])]
 
 
+def robust_sd(values: np.ndarray) -> float:
+    """1.4826 MAD: the standard deviation of normal values, which a few outliers cannot inflate."""
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
 def robust_z(values: np.ndarray) -> np.ndarray:
-    """(x - median) / (1.4826 MAD): a z-score that a few outliers cannot hide behind.
+    """(x - median) / robust_sd: a z-score that a few outliers cannot hide behind.
 
     Where more than half the values are equal (MAD 0), no spread is known and every z is 0: a handful of
     scans of the same patient must not make every other patient an outlier.
     """
-    median = np.median(values)
-    mad = 1.4826 * np.median(np.abs(values - median))
-    if mad == 0:
+    sd = robust_sd(values)
+    if sd == 0:
         return np.zeros_like(values, dtype=float)
-    return (values - median) / mad
+    return (values - np.median(values)) / sd
 
 
 def _cohort_outliers(whole: pd.DataFrame, value: pd.Series, allowance: pd.Series, p: FlagParams,
@@ -392,6 +420,24 @@ def beyond_edge(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
             for r in bad.itertuples()]
 
 
+def short_of_edge(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
+    """Classes drawn short of the edge the CT shows (a class shrunk inside its organ): the background around the
+    class looks like its inside, the two medians closer than ``short_max_contrast`` times the inside's
+    interquartile range, where the cohort's instances of the class stand out from their surroundings
+    (``short_min_shown`` of them pass edge_shown, of ``min_cohort`` or more): a lung lobe, a bone, a
+    contrast-filled vessel; not a bowel of gas and contents, nor a muscle beside unlabelled muscle.
+    """
+    shown = edge_shown(stats, p).groupby(stats.class_name)
+    judged = ((shown.transform("size") >= p.min_cohort) & (shown.transform("mean") >= p.short_min_shown)
+              & (stats.edge_voxels >= p.edge_min_voxels))
+    contrast = (stats.inside_hu - stats.around_hu).abs()
+    bad = stats[judged & (contrast < p.short_max_contrast * stats.inside_spread_hu)]
+    return [_finding(r.subject_id, "short_of_edge", r.class_name,
+                     f"the tissue around it ({r.around_hu:.0f} HU) looks like its inside ({r.inside_hu:.0f} HU), "
+                     f"where the cohort's stand out from their surroundings: drawn short of the edge the CT shows?")
+            for r in bad.itertuples()]
+
+
 def cut_ends(stats: pd.DataFrame, p: FlagParams) -> list[dict]:
     """Classes that end in a full cross-section where the cohort's taper: cut off at a wrong level.
 
@@ -454,6 +500,7 @@ def cohort_flags(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams = FlagP
         + order_violations(stats, p)
         + outside_body(stats, scans, p)
         + beyond_edge(stats, p)
+        + short_of_edge(stats, p)
         + cut_ends(stats, p),
         columns=FINDING_COLUMNS,
     )
