@@ -218,9 +218,13 @@ def test_windows_sent_through_the_network_together_give_nnunets_own_logits(tiny_
     assert len(own._internal_get_sliding_window_slicers(data.shape[1:])) % 4 != 0
     expected, got = own.predict_logits_from_preprocessed_data(data), batched.predict_logits_from_preprocessed_data(data)
     assert got.shape == expected.shape == (105, *data.shape[1:])
-    # Both sums are kept in half precision, as nnU-Net keeps them: the order of rounding differs by a few steps.
+    # Both sums are kept in half precision, as nnU-Net keeps them, and added in another order: each window added
+    # at a voxel rounds once, so they differ by at most about one step per window that covers it.
     steps = (got.float() - expected.float()).abs().max() / (torch.finfo(torch.half).eps * expected.float().abs().max())
-    assert steps <= 4, steps
+    covering = torch.zeros(data.shape[1:])
+    for window in own._internal_get_sliding_window_slicers(data.shape[1:]):
+        covering[window[1:]] += 1
+    assert steps <= covering.max(), (steps, covering.max())
     assert (got.argmax(0) == expected.argmax(0)).float().mean() > 0.999
     with pytest.raises(ValueError, match="windows_per_batch"):
         BatchedWindowsPredictor(windows_per_batch=0)
