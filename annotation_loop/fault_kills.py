@@ -56,9 +56,13 @@ LEDGER = "annotation/ledger.sqlite"
 # database, read through it: a killed process leaves it for the next one to replay).
 # nnU-Net's own training log is named by its start time: one more per resumed attempt.
 IGNORED = ("logs/*", "*.lock", "*.sqlite-wal", "*.sqlite-shm", "*/training_log_*.txt")
-# Tables that record what a run did, compared without those columns: a resumed training's export finds its
-# subjects exported already ("skipped" where the uninterrupted run says "exported").
-RUN_RECORDS = {"nnunet/raw/*/export.csv": ["status"]}
+# Tables and summaries that record what a run did, compared without those columns or keys: a resumed training's
+# export finds its subjects exported already ("skipped" where the uninterrupted run says "exported"), a resumed
+# curation parses only the headers its cache lacks and converts fewer series now, in other seconds (two
+# uninterrupted runs may round to the same ones).
+RUN_RECORDS = {"nnunet/raw/*/export.csv": ["status"],
+               "curated/curation.json": ["files_parsed", "converted_now", "removed_now", "scan_seconds",
+                                         "convert_seconds"]}
 # The round's schedule and training, CPU-sized: 5 drawn subjects, a round on them predicting 3 more.
 LOOP = ["bootstrap.experiment=tiny", "bootstrap.schedule=[5,8]", "bootstrap.batch_size=3",
         'bootstrap.train_overrides=["data_workers=0","model.seed=0","model.epochs=3",'
@@ -209,7 +213,11 @@ def digests(ws: Path) -> dict[str, str]:
             array = blosc2.open(str(path), mode="r")[:]
             table[relative] = hashlib.sha256(f"{array.dtype}{array.shape}".encode() + array.tobytes()).hexdigest()
         elif dropped := next((c for pattern, c in RUN_RECORDS.items() if fnmatch(relative, pattern)), None):
-            content = pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=dropped).to_csv(index=False)
+            if path.suffix == ".json":
+                record = {k: v for k, v in json.loads(path.read_text()).items() if k not in dropped}
+                content = json.dumps(record, sort_keys=True)
+            else:
+                content = pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=dropped).to_csv(index=False)
             table[relative] = hashlib.sha256(content.encode()).hexdigest()
         else:
             table[relative] = hashlib.sha256(path.read_bytes()).hexdigest()

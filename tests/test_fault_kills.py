@@ -3,6 +3,7 @@ rerun, and compared with uninterrupted runs; and the checks that find a half-wri
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import blosc2
@@ -67,6 +68,17 @@ def test_preprocessed_arrays_compare_by_voxels_and_an_export_record_without_its_
     a, b, c = (fault_kills.digests(tmp_path / n) for n in "abc")
     assert (tmp_path / "a" / "s0001_seg.b2nd").read_bytes() != (tmp_path / "b" / "s0001_seg.b2nd").read_bytes()
     assert a == b and c["s0001_seg.b2nd"] != a["s0001_seg.b2nd"]
+
+
+def test_a_resumed_curations_summary_compares_without_what_that_run_did(tmp_path):
+    """A resumed curation converts fewer series now, in other seconds; the cohort it describes is the same."""
+    for name, converted, subjects in (("a", 7, 7), ("b", 2, 7), ("c", 7, 6)):
+        (tmp_path / name / "curated").mkdir(parents=True)
+        (tmp_path / name / "curated" / "curation.json").write_text(json.dumps(
+            {"subjects": subjects, "converted_now": converted, "removed_now": 0, "scan_seconds": converted / 10,
+             "convert_seconds": 0.86}))
+    a, b, c = (fault_kills.digests(tmp_path / n)["curated/curation.json"] for n in "abc")
+    assert a == b and a != c
 
 
 def test_a_difference_from_the_uninterrupted_run_is_reported():
