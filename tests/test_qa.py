@@ -207,7 +207,9 @@ def test_robust_z_ignores_a_single_outlier():
 def _extent_cohort(portal_top_levels: list[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stats of subjects whose scans cover levels T10-L3 (vertebrae 30 mm apart, T10 at z 1000 mm), each with a
     portal vein from the given level down to L1; a last subject without it."""
-    z_of = lambda level: 1000.0 - 30.0 * (level - 16)  # T10 is level 16
+    def z_of(level: float) -> float:
+        return 1000.0 - 30.0 * (level - 16)  # T10 is level 16
+
     rows, scans = [], []
     for k, top in enumerate([*portal_top_levels, None]):
         subject = f"s{k:02d}"

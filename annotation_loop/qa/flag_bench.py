@@ -8,8 +8,9 @@ real example CT with its label map, cut at several head-foot extents and redrawn
 cohort of one anatomy (the cut maps keep their CT for the body).
 Per cohort and error kind: recall (planted errors flagged on a planted class) and the false-alarm rate (clean
 subjects with any flag), also without the subjects whose only flags are a resected organ reported missing (the
-phantom records its resections; such a flag is true of the anatomy, not an error of the map). Errors are planted on a tenth of the subjects at a time, so that the cohort rules see
-what a real cohort shows: mostly clean subjects.
+phantom records its resections; such a flag is true of the anatomy, not an error of the map). Errors are planted
+on a tenth of the subjects at a time, so that the cohort rules see what a real cohort shows: mostly clean
+subjects.
 """
 
 from __future__ import annotations

@@ -139,9 +139,9 @@ def missing_expected(stats: pd.DataFrame, scans: pd.DataFrame, p: FlagParams) ->
     """Classes the scan's extent should show but that are absent.
 
     Three reasons a class is expected: (1) its usual extent in vertebral levels, learnt from the
-    cohort's complete instances, lies inside the levels the scan covers (by expected_margins); (2) its mirror class is
-    present, complete and its mirror position lies in the field of view; (3) it is a vertebra or
-    rib between two present ones.
+    cohort's complete instances, lies inside the levels the scan covers (by expected_margins); (2) its
+    mirror class is present, complete and its mirror position lies in the field of view; (3) it is a
+    vertebra or rib between two present ones.
     """
     mappings = {s: level_mapping(g) for s, g in stats.groupby("subject_id")}
     extents = []
