@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,7 @@ class Subject:
     grid: VoxelGrid
     ct: np.ndarray | None = None
     resected: frozenset[str] = frozenset()  # classes the subject's surgery removed, where recorded
+    patient: str = ""  # whose scan it is, where known ("": its own patient)
     body: np.ndarray | None = field(init=False, default=None)  # the CT's body, worked out once for every plant
 
     def __post_init__(self):
@@ -63,15 +65,23 @@ class Subject:
         return tuple(self.grid.spacing_xyz[::-1])
 
 
-def cohort_files(path: Path) -> list[tuple[Path, Path | None, frozenset[str]]]:
-    """The label maps of a cohort, each with its CT's DICOM folder and its resected classes where known: a
-    folder's ``*.nii.gz`` (neither), or the included series of a phantom's truth index."""
+class CohortFile(NamedTuple):
+    labels: Path
+    dicom: Path | None  # the CT's DICOM folder
+    resected: frozenset[str]  # classes the subject's surgery removed
+    patient: str  # "" where unknown
+
+
+def cohort_files(path: Path) -> list[CohortFile]:
+    """The label maps of a cohort, each with its CT's DICOM folder, its resected classes and its patient where
+    known: a folder's ``*.nii.gz`` (none of them), or the included series of a phantom's truth index."""
     if path.is_file():
         index = pd.read_csv(path, keep_default_na=False)
         included = index[index.expected == "included"]
-        return [(path.parent.parent / f, path.parent.parent / d, resected_classes(p))
-                for f, d, p in zip(included.truth_file, included.dicom_dir, included.pathology)]
-    return [(p, None, frozenset()) for p in sorted(path.glob("*.nii.gz"))]
+        return [CohortFile(path.parent.parent / f, path.parent.parent / d, resected_classes(p), patient)
+                for f, d, p, patient in zip(included.truth_file, included.dicom_dir, included.pathology,
+                                            included.patient_id)]
+    return [CohortFile(p, None, frozenset(), "") for p in sorted(path.glob("*.nii.gz"))]
 
 
 def resected_classes(pathology: str) -> frozenset[str]:
@@ -90,11 +100,11 @@ def read_dicom_ct_on(folder: Path, grid_image: sitk.Image) -> np.ndarray:
 
 def read_cohort(folder: Path) -> list[Subject]:
     subjects = []
-    for path, dicom, resected in cohort_files(folder):
-        label_map = read_label_map(path)
-        ct = read_dicom_ct_on(dicom, label_map.image) if dicom is not None else None
-        subjects.append(Subject(path.name[: -len(".nii.gz")], label_map.array, VoxelGrid.of_image(label_map.image),
-                                ct, resected))
+    for file in cohort_files(folder):
+        label_map = read_label_map(file.labels)
+        ct = read_dicom_ct_on(file.dicom, label_map.image) if file.dicom is not None else None
+        subjects.append(Subject(file.labels.name[: -len(".nii.gz")], label_map.array,
+                                VoxelGrid.of_image(label_map.image), ct, file.resected, file.patient))
     if not subjects:
         raise SystemExit(f"no label maps in {folder} (a folder of *.nii.gz or a phantom's truth/index.csv)")
     return subjects
@@ -136,7 +146,7 @@ def measure_labels(subject: Subject, labels: np.ndarray | None = None):
     stats = measure(subject.labels if labels is None else labels, subject.grid, StatsParams(), subject.ct,
                     subject.body)
     stats.classes.insert(0, "subject_id", subject.subject_id)
-    return stats.classes, stats.scan
+    return stats.classes, {**stats.scan, "patient": subject.patient}
 
 
 def plant_and_measure(subject: Subject, kind: str, seed: int, settings: PlantSettings):

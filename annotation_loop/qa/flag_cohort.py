@@ -19,6 +19,7 @@ from annotation_loop.qa.meshing import VoxelGrid
 from annotation_loop.qa.subjects import read_ct_on, subject_ids as list_subjects
 from totalseg_train.atomic import write_table
 from totalseg_train.config import compose_config
+from totalseg_train.engine.labelled_subjects import read_subjects
 from totalseg_train.images import ImageFileError, nifti_path, subject_id_of
 from totalseg_train.label_maps import read_label_map
 from totalseg_train.shards import Shard, input_key, part_files
@@ -127,6 +128,18 @@ def _measure_all(paths: list[str], images_dir: str | None, cfg: DictConfig, prog
     return results
 
 
+def patients_of(cfg: DictConfig) -> dict[str, str]:
+    """subject_id -> patient from curation's subjects table (``cfg.subjects_csv``), so that a patient's several
+    scans count as one anatomy in the cohort's usual values; {} where there is none (a folder of label maps
+    from elsewhere: each subject its own patient)."""
+    path = cfg.get("subjects_csv")
+    if not path or not Path(path).is_file():
+        log.info("no subjects table (%s): each label map is judged as its own patient", path)
+        return {}
+    table = read_subjects(path)
+    return dict(zip(table.subject_id, table.patient))
+
+
 def compute_flags(
     labels_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -178,6 +191,8 @@ def compute_flags(
     good = [m for m in cohort if not m.error]
     stats = pd.concat([m.classes for m in good], ignore_index=True) if good else _empty_classes()
     scans = pd.DataFrame([m.scan for m in good], index=pd.Index([m.subject_id for m in good], name="subject_id"))
+    patients = patients_of(cfg)
+    scans["patient"] = [patients.get(s, "") for s in scans.index]
     table, findings = cohort_flags(stats, scans, FlagParams(**OmegaConf.to_container(cfg.flags.rules, resolve=True)))
     if not shard.whole:
         return table[table.subject_id.isin(mine)].reset_index(drop=True)
