@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import platform
 import resource
 import tempfile
@@ -32,6 +31,7 @@ from totalseg_train import published
 from totalseg_train.atomic import write_table
 from totalseg_train.config import CONFIG_PATH
 from totalseg_train.console import captured
+from totalseg_train.engine.environment import usable_cores
 from totalseg_train.engine.manifest import MANIFEST, read_model_manifest
 from totalseg_train.images import NIFTI_SUFFIX, Geometry
 
@@ -72,7 +72,7 @@ def _voxels(size: tuple[int, ...]) -> int:
 
 
 def hardware_name(device: str) -> str:
-    """The GPU's name for cuda, else the CPU model and its logical cores."""
+    """The GPU's name for cuda, else the CPU model and the logical cores this process may use."""
     if device == "cuda":
         import torch
 
@@ -84,7 +84,7 @@ def hardware_name(device: str) -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"{model} ({os.cpu_count()} cores)"
+    return f"{model} ({usable_cores()} cores)"
 
 
 def _predict_case(model_dir: str, image: str, out_dir: str, device: str, workers: int, threads: int | None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import statistics
 import time
@@ -29,6 +28,7 @@ from omegaconf import DictConfig
 
 from totalseg_train.atomic import write_text
 from totalseg_train.config import CONFIG_PATH, compose_config
+from totalseg_train.engine.environment import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +179,10 @@ def main(bench: DictConfig) -> None:
     tiny = bench_overhead(bench)
     fast = bench_fast(bench)
     dice = bench_dice(bench, tiny["seconds_per_epoch"])
-    result = {"cpus": os.cpu_count(), "tiny": tiny, "fast": fast, "tiny_dice": dice}
+    result = {"cpus": usable_cores(), "tiny": tiny, "fast": fast, "tiny_dice": dice}
     out = Path(bench.out)
     write_text(out, json.dumps(result, indent=1) + "\n")
-    print(f"\ntraining speed on {os.cpu_count()} CPU cores ({bench.device}):")
+    print(f"\ntraining speed on {usable_cores()} CPU cores ({bench.device}):")
     print(f"  tiny: {tiny['seconds_per_iteration']:.3f} s/iteration ({tiny['iterations_per_epoch']} training + "
           f"{tiny['val_iterations']} validation iterations per epoch: {tiny['seconds_per_epoch']:.1f} s)")
     print(f"  fast: {fast['seconds_per_iteration']:.2f} s/iteration (patch {fast['patch_size']}, "

@@ -54,6 +54,12 @@ def configure_nnunet(cfg: DictConfig) -> None:
     terminable_forks()
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on: a SLURM job's allocation or a pinned worker's share, where
+    ``os.cpu_count()`` counts the whole machine (threads beyond the allocation wait for each other)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @functools.cache  # the hook is registered once per process
 def terminable_forks() -> None:
     """Forked children (nnU-Net's fork pools) start with the default SIGTERM action.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +14,7 @@ from omegaconf import DictConfig
 from totalseg_train.atomic import remove_stale_temporaries, write_text
 from totalseg_train.console import captured, stage_log
 from totalseg_train.engine.datasets import PartDataset
-from totalseg_train.engine.environment import nnunet_folders, scoped_environment, torch_device
+from totalseg_train.engine.environment import nnunet_folders, scoped_environment, torch_device, usable_cores
 from totalseg_train.engine.planning import Plan
 from totalseg_train.engine.wandb_log import finish_active_run
 
@@ -55,11 +54,12 @@ def is_trained(folder: Path) -> bool:
 
 
 def set_torch_threads(device: torch.device, threads: int | None = None) -> None:
-    """``threads``, or as nnU-Net's own entry point does: all cores on a CPU, one when a GPU does the work."""
+    """``threads``, or as nnU-Net's own entry point does: all (usable) cores on a CPU, one when a GPU does the
+    work."""
     import torch
 
     if threads is None:
-        threads = (os.cpu_count() or 1) if device.type == "cpu" else 1
+        threads = usable_cores() if device.type == "cpu" else 1
     torch.set_num_threads(max(1, int(threads)))
 
 
