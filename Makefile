@@ -8,7 +8,8 @@ UV = $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) $(shel
 WORKSPACE ?= $(CURDIR)/workspace/demo
 DEMO_SUBJECTS ?= 30
 # The demo's phantom grid (6 mm in-plane, 5 mm slices) and bootstrap (tiny rounds at N=5 and N=20, then 5 more).
-# Seeded training in one process repeats exactly: the demo's rounds are those of tests/test_bootstrap_loop.py.
+# Seeded training in one process repeats exactly on the same number of threads: the demo's rounds are those of
+# tests/test_bootstrap_loop.py, which trains them on one thread (the demo on all cores: close, not equal).
 DEMO_PHANTOM := pixel_spacing_mm=6.0 'slice_thickness_mm.values=[5.0]' 'slice_thickness_mm.weights=[1.0]'
 DEMO_LOOP := paths.workspace=$(WORKSPACE) bootstrap.experiment=tiny 'bootstrap.schedule=[5,20,25]' \
 	bootstrap.warm_start_epochs=10 'bootstrap.train_overrides=["data_workers=0","model.seed=0"]'
@@ -20,6 +21,8 @@ REAL_CT := $(CURDIR)/../shared/data/ct_example/example_ct.nii.gz
 REAL_SEG := $(CURDIR)/../shared/data/ct_example/example_ct_seg_fast.nii.gz
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 SYSTEM_PACKAGES ?= mesa-vulkan-drivers chromium chromium-driver
+# make test's pytest-xdist workers; tests/conftest.py keeps the tests of each trained model on one of them.
+TEST_WORKERS ?= 2
 # make bench-qa's reference: TotalSegmentator's own preview in its own environment, with the fury < 2 and VTK
 # it requires (they cannot live beside our fury 2) and Xvfb, under which its preview renders.
 TSREF := .venv-tsref
@@ -56,8 +59,8 @@ system-deps: ## Install the Debian packages for headless rendering and the brows
 
 setup: $(INSTALLED) system-deps ## Create .venv and install the project and its system packages (once)
 
-test: setup ## Run the test suite
-	$(PY) -m pytest -q
+test: setup ## Run the test suite on TEST_WORKERS pytest-xdist workers (each its share of the cores)
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 phantom: setup ## Generate a phantom cohort: make phantom WORKSPACE=... DEMO_SUBJECTS=...
 	$(PY) -m data_prep.phantom paths.workspace=$(WORKSPACE) n_subjects=$(DEMO_SUBJECTS)

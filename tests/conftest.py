@@ -1,17 +1,111 @@
-"""Shared fixtures: the shared real data and one small phantom cohort per test session."""
+"""Shared fixtures: the shared real data and one small phantom cohort per test session; how ``make test``'s
+pytest-xdist workers share the machine and the tests."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+from functools import cached_property
 from pathlib import Path
 
-import pandas as pd
-import pytest
 
-from totalseg_train.config import compose_config
+def pin_xdist_worker() -> None:
+    """Give each pytest-xdist worker its own share of the cores, before torch starts its threads. Everything a
+    worker starts inherits the share, and nnU-Net's "all cores" becomes the share's cores
+    (``usable_cores``): two trainings each threaded over both cores of this machine wait on each other's
+    OpenMP threads (a tiny training step measured 9x slower), one thread each on its own core does not."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if worker and count and len(cores) >= int(count):
+        os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) % int(count)::int(count)])
+
+
+pin_xdist_worker()
+
+import pandas as pd  # noqa: E402  (after the pinning: these import libraries that size thread pools)
+import pytest  # noqa: E402
+from xdist.scheduler import LoadScopeScheduling  # noqa: E402
+
+from totalseg_train.config import compose_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 CT_EXAMPLE = SHARED / "data" / "ct_example"
+
+# Session fixtures exist once per xdist worker, so the tests of one trained model run on one worker: every
+# module that uses one of these joins its group (each model is still trained once per session).
+SHARED_TRAININGS = ("tiny_run", "heart_model")
+# The longest groups start first, on different workers, so that neither waits for the other at the end.
+LONGEST_FIRST = ("test_bootstrap_loop.py", "heart_model", "tiny_run")
+
+
+def shared_model_groups(items: list[pytest.Item]) -> dict[str, str]:
+    """Each test's group by node id: its module, merged with every module that uses the same trained model."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    for item in items:
+        for name in SHARED_TRAININGS:
+            if name in item.fixturenames:
+                parent[root(item.path.name)] = root(name)
+    return {item.nodeid: root(item.path.name) for item in items}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the groups longest first; in an xdist worker, write the groups where the scheduler reads them."""
+    groups = shared_model_groups(items)
+    rank = {group: len(LONGEST_FIRST) for group in groups.values()}
+    for item in items:
+        for i, key in enumerate(LONGEST_FIRST):
+            if key == item.path.name or key in item.fixturenames:
+                group = groups[item.nodeid]
+                rank[group] = min(rank[group], i)
+    items.sort(key=lambda item: rank[groups[item.nodeid]])
+    target = getattr(config, "workerinput", {}).get("test_groups")
+    if target:  # both workers collect the same tests: the same file, written whole
+        partial = Path(f"{target}.{config.workerinput['workerid']}")
+        partial.write_text(json.dumps(groups))
+        partial.replace(target)
+
+
+GROUPS_FILE = pytest.StashKey[Path]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """The controller tells each xdist worker where to write the test groups it collects."""
+    if GROUPS_FILE not in node.config.stash:
+        node.config.stash[GROUPS_FILE] = Path(tempfile.mkdtemp(prefix="pytest-groups-")) / "groups.json"
+    node.workerinput["test_groups"] = str(node.config.stash[GROUPS_FILE])
+
+
+class SharedModelScheduling(LoadScopeScheduling):
+    """xdist's scope scheduling with our groups as the scopes, in collection order (longest first).
+    pytest-xdist's own ``--dist loadgroup`` loses its groups under pytest 9 (pytest-xdist issue 1386)."""
+
+    @cached_property
+    def groups(self) -> dict[str, str]:  # read once every worker has collected (written by then)
+        return json.loads(self.config.stash[GROUPS_FILE].read_text())
+
+    def _split_scope(self, nodeid: str) -> str:
+        return self.groups[nodeid]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> SharedModelScheduling:
+    config.option.loadscopereorder = False
+    return SharedModelScheduling(config, log)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if GROUPS_FILE in config.stash:
+        shutil.rmtree(config.stash[GROUPS_FILE].parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +121,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 @pytest.fixture()
 def browser(tmp_path):
     """Headless Chromium driven by selenium (the review page's and the paper report's tests)."""
-    import shutil
-
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -65,7 +157,6 @@ def coarse_cohort(tmp_path_factory):
     quick to train on and to predict), curated by the real curation stage, its truth labels exported. Each size is
     generated once per session and copied into every workspace that asks for it (the bootstrap loop and the heart
     model both start from the 30-patient cohort)."""
-    import shutil
     import subprocess
     import sys
 
@@ -101,7 +192,6 @@ def workspace(tmp_path_factory, coarse_cohort) -> Path:
     labels. The training labels (``train_labels/``) hold four subjects of three patients: both exams of one
     two-exam patient and one exam of two others; the 597-slice whole-body scan is left out to keep
     predictions fast. The tiny models of ``tiny_run`` and ``tiny_parts_run`` are trained here."""
-    import shutil
 
     ws = coarse_cohort(tmp_path_factory.mktemp("train_ws"), 8)
     subjects = pd.read_csv(ws / "curated" / "subjects.csv", dtype=str)
@@ -147,8 +237,6 @@ def tiny_parts_run(tiny_run) -> Path:
     job is killed (kill -9) once it has saved its first checkpoint, and the sweep is started again, as SLURM
     requeues a pre-empted job. ``tiny_parts_sweep.json`` beside the workspace records the kill and what the
     first sweep left (tests/test_scale_out.py checks them)."""
-    import json
-    import os
     import signal
     import subprocess
     import sys
@@ -203,7 +291,6 @@ def heart_labels_by_transfer(workspace: Path) -> list[str]:
     """``${paths.heart}/labels`` from ``python -m data_prep.heart_transfer``, as a user builds it: the contrast
     subjects of the pairs with their heart drawn (the phantom's truth), the native ones by registration and label
     transfer (QC holds back pairs whose heart the native scan cuts). Returns the heart cohort's subjects."""
-    import shutil
     import subprocess
     import sys
 
@@ -254,7 +341,7 @@ def heart_model(tmp_path_factory, coarse_cohort) -> dict:
     cohort = heart_labels_by_transfer(workspace)
     write_heart_split(workspace, cohort)
     run = subprocess.run([sys.executable, "-m", "totalseg_train", "+experiment=heart_tiny", f"paths.workspace={workspace}",
-                          "device=cpu", "workers=1", "data_workers=0", "torch_threads=2", "model.seed=0",
+                          "device=cpu", "workers=1", "data_workers=0", "torch_threads=1", "model.seed=0",
                           "model.final_validation=false"], capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     return {"ws": workspace, "cohort": cohort, "stdout": run.stdout, "seconds": time.perf_counter() - started}
@@ -270,7 +357,7 @@ def apply_heart():
     def run(workspace: Path, *extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "data_prep.heart_transfer.apply", f"paths.workspace={workspace}",
                                f"model={workspace / 'results' / 'heart_tiny'}", "device=cpu", "workers=1",
-                               "torch_threads=2", "progress=false", *extra], capture_output=True, text=True, cwd=REPO)
+                               "torch_threads=1", "progress=false", *extra], capture_output=True, text=True, cwd=REPO)
 
     return run
 
@@ -280,8 +367,6 @@ def heart_applied(heart_model, apply_heart) -> dict:
     """The heart model applied to a table of four curated subjects: the test split's pair and two training
     subjects (apply takes any subjects table; the cohort's 33 subjects, a 597-slice whole-body scan among them,
     would take minutes on a CPU). Returns the table's path and subjects, the output folder and the output."""
-    import json
-
     workspace = heart_model["ws"]
     split = json.loads((workspace / "nnunet" / "split_heart.json").read_text())
     chosen = sorted(sorted(split["test"]) + sorted(split["train"])[:2])

@@ -35,11 +35,13 @@ SCHEDULE = [5, 20, 25]
 
 
 def loop_overrides(ws: Path) -> list[str]:
-    # Seeded training in one process repeats exactly, so the rounds' efforts are the same on every run. Tiny's
-    # 30 epochs are needed: with 20, round 1's predictions needed more correction than drawing from scratch.
-    # Round 2 starts from round 1's weights and fine-tunes for 10.
+    # Seeded training in one process on one thread repeats exactly (torch's sums, and so the weights, differ with
+    # the thread count), so the rounds' efforts are the same on every run. Tiny's 30 epochs are needed: with 20,
+    # round 1's predictions needed more correction than drawing from scratch. Round 2 starts from round 1's
+    # weights and fine-tunes for 10.
     return [f"paths.workspace={ws}", "bootstrap.experiment=tiny", f"bootstrap.schedule=[{','.join(map(str, SCHEDULE))}]",
-            "bootstrap.warm_start_epochs=10", 'bootstrap.train_overrides=["data_workers=0","model.seed=0"]']
+            "bootstrap.warm_start_epochs=10",
+            'bootstrap.train_overrides=["data_workers=0","model.seed=0","torch_threads=1"]']
 
 
 def cli(module: str, ws: Path, *extra: str) -> str:
