@@ -67,5 +67,6 @@ def write_uncertainty(entropy_csv: Path, subject_ids: list[str], uncertainty_csv
 
 def render_qa(cfg: DictConfig, predicted_dir: Path, qa_dir: Path, subject_ids: list[str]) -> None:
     qa_cfg = compose_config("qa", [f"paths.workspace={cfg.paths.workspace}", f"labels_dir={predicted_dir}",
-                                   f"out={qa_dir}", f"subjects_csv={cfg.bootstrap.subjects_csv}"])
+                                   f"out={qa_dir}", f"subjects_csv={cfg.bootstrap.subjects_csv}",
+                                   f"images_dir={cfg.bootstrap.images_dir}"])
     render_subjects(predicted_dir, qa_dir, qa_cfg, subject_ids)

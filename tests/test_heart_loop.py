@@ -21,6 +21,7 @@ from annotation_loop.heart_prior import give_heart, heart_predictions
 from annotation_loop.ingest import ingest
 from annotation_loop.label_store import LabelStore
 from annotation_loop.ledger import Ledger
+from annotation_loop.qa.flag_cohort import SCANS_PART
 from annotation_loop.round import STEPS, run_round
 from annotation_loop.simulate import correct, simulate_corrections
 from annotation_loop.start import start
@@ -28,10 +29,12 @@ from totalseg_train.config import compose_config
 from totalseg_train.engine.inference import ENTROPY_TABLE, predict
 from totalseg_train.heart_predictions import heart_class_ids
 from totalseg_train.images import Geometry, nifti_path
+from totalseg_train.shards import part_files
 
 HEART = heart_class_ids()
 # The round's model learns nothing in a few iterations; these tests check what the loop does with its output.
-ROUND_TRAINING = '["data_workers=0","model.seed=0","model.epochs=1","model.iterations_per_epoch=3","model.val_iterations=1"]'
+ROUND_TRAINING = ('["data_workers=0","model.seed=0","model.epochs=1","model.iterations_per_epoch=3",'
+                  '"model.val_iterations=1","torch_threads=1"]')
 
 
 def read(path: Path) -> np.ndarray:
@@ -93,7 +96,7 @@ def loop(heart_applied, apply_heart, tmp_path_factory) -> dict:
     ledger.close()
     raw = ws / "round_model_again"
     predict(model, [nifti_path(hw / "curated" / "images", s) for s in observed["batch"]], raw, device="cpu",
-            workers=0, threads=2, progress=False, uncertainty=True)
+            workers=0, threads=1, progress=False, uncertainty=True)
     observed["raw"] = {s: read(nifti_path(raw, s)) for s in observed["batch"]}
     observed["entropy"] = pd.read_csv(raw / ENTROPY_TABLE, dtype={"subject_id": str})
 
@@ -164,6 +167,15 @@ def test_round_predictions_take_the_heart_models_heart_voxels_and_nothing_else_c
     assert {r.subject_id: bool(r.heart_model) for r in worklist.itertuples()} == {
         s: s in loop["applied"] for s in loop["batch"]}
     assert all((loop["ws"] / "qa" / "round_01" / "subjects" / f"{s}.png").is_file() for s in loop["batch"])
+
+
+def test_the_rounds_qa_finds_the_body_in_the_cts_of_bootstrap_images_dir(loop):
+    """The loop's CTs live in another workspace (``bootstrap.images_dir``): the round's QA measures the body for
+    its outside-the-body and scan-edge flags on them, not on the label map alone."""
+    qa_dir = Path(compose_config("round", [f"paths.workspace={loop['ws']}"]).paths.qa) / "round_01"
+    scans = pd.concat(pd.read_parquet(path) for _, path in part_files(qa_dir, SCANS_PART, ".parquet"))
+    assert sorted(scans.subject_id) == sorted(loop["batch"])
+    assert set(scans.body_source) == {"ct"}
 
 
 def test_final_labels_are_never_touched_by_apply_or_a_round(loop):
