@@ -179,8 +179,8 @@ def series_table(series: pd.DataFrame, subject_ids: dict[str, str]) -> pd.DataFr
     included = out["decision"] == INCLUDED
     ids = dict(zip(out["series_key"], out["series_id"]))
     paired = out["paired_series_key"].where(out["paired_series_key"].isin(set(out.loc[included, "series_key"])), "")
-    out["paired_series_id"] = paired.map(ids).fillna("")
-    out["paired_subject_id"] = paired.map(subject_ids).fillna("").where(included, "")
+    out["paired_series_id"] = paired.map(lambda key: ids.get(key, ""))  # a dict's map gives NaN where unpaired
+    out["paired_subject_id"] = paired.map(lambda key: subject_ids.get(key, "")).where(included, "")
     # Labels carried from one series of a pair to the other start from the headers' alignment, which
     # holds only in one frame of reference; the UIDs themselves stay private.
     frame_of = dict(zip(out["series_key"], out["frame_uid"]))
