@@ -155,8 +155,8 @@ def phantom_index(phantom_cohort) -> pd.DataFrame:
 def coarse_cohort(tmp_path_factory):
     """Factory ``make(workspace, n_subjects)``: a phantom cohort drawn at 6 mm in-plane and 5 mm slices (few voxels:
     quick to train on and to predict), curated by the real curation stage, its truth labels exported. Each size is
-    generated once per session and copied into every workspace that asks for it (the bootstrap loop and the heart
-    model both start from the 30-patient cohort)."""
+    generated once per session (per worker under ``make test``: the bootstrap loop and the heart model, which both
+    start from the 30-patient cohort, run on different workers) and copied into every workspace that asks for it."""
     import subprocess
     import sys
 
