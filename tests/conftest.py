@@ -10,16 +10,16 @@ import tempfile
 from functools import cached_property
 from pathlib import Path
 
+from totalseg_train.job_shares import core_share
+
 
 def pin_xdist_worker() -> None:
-    """Give each pytest-xdist worker its own share of the cores, before torch starts its threads. Everything a
-    worker starts inherits the share, and nnU-Net's "all cores" becomes the share's cores
-    (``usable_cores``): two trainings each threaded over both cores of this machine wait on each other's
-    OpenMP threads (a tiny training step measured 9x slower), one thread each on its own core does not."""
+    """Give each pytest-xdist worker its own share of the cores (``job_shares``), before torch starts its
+    threads. Everything a worker starts inherits the share, and nnU-Net's "all cores" becomes the share's cores
+    (``usable_cores``)."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if worker and count and len(cores) >= int(count):
-        os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) % int(count)::int(count)])
+    if worker and count and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, core_share(os.sched_getaffinity(0), int(worker.removeprefix("gw")), int(count)))
 
 
 pin_xdist_worker()
@@ -236,17 +236,21 @@ def tiny_parts_run(tiny_run) -> Path:
     ``tiny_run``'s workspace (the same split, so both models are scored on the same test subject). The cardiac
     job is killed (kill -9) once it has saved its first checkpoint, and the sweep is started again, as SLURM
     requeues a pre-empted job. ``tiny_parts_sweep.json`` beside the workspace records the kill and what the
-    first sweep left (tests/test_scale_out.py checks them)."""
+    first sweep left (tests/test_scale_out.py checks them). As on a workstation with two GPUs (CUDA_VISIBLE_DEVICES
+    3,5 here, where no GPU is used: tiny trains on the CPU), each job is given one GPU."""
     import signal
     import subprocess
     import sys
     import time
 
     command = [sys.executable, "-m", "totalseg_train", "-m", *train_overrides(tiny_run, "tiny_parts"),
-               "model.final_validation=false", "model.epochs=4", "part=organs,cardiac", "hydra/launcher=local"]
+               "model.final_validation=false", "model.epochs=4", "part=organs,cardiac", "hydra/launcher=local",
+               "hydra.launcher.gpus_per_node=1"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5"}
     cardiac = tiny_run / "nnunet" / "results"
     lock = tiny_run / "results" / ".tiny_parts.train-cardiac.lock"
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                             env=env)
     checkpoint = None
     while first.poll() is None and checkpoint is None:
         found = list(cardiac.glob("Dataset395_*/*/fold_0/checkpoint_latest.pth"))
@@ -262,7 +266,7 @@ def tiny_parts_run(tiny_run) -> Path:
               "cardiac_final_after_first": any(checkpoint.parent.glob("checkpoint_final.pth")),
               "organs_final_mtime_ns": organs_final.stat().st_mtime_ns,
               "summary_after_first": json.loads((tiny_run / "results" / "tiny_parts" / "run_summary.json").read_text())}
-    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
     record["first_output"] = output[-4000:]
     tiny_run.with_name("tiny_parts_sweep.json").write_text(json.dumps(record, indent=1, default=str))

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import SimpleITK as sitk
 
 from conftest import REPO, train_overrides
 from totalseg_train import classes
+from totalseg_train.job_shares import core_share
 from totalseg_train.shards import PARTS_DIR
 
 TIMING = ["mesh_seconds", "render_seconds", "rendered_at"]  # when and how fast a sheet was drawn, not what it shows
@@ -30,6 +33,16 @@ def _run(module: str, *overrides: str, sweep: bool = False) -> subprocess.Comple
 
 def _three_local_jobs(workspace: Path) -> list[str]:
     return [f"paths.workspace={workspace}", "shard.index=0,1,2", "shard.count=3", "hydra/launcher=local"]
+
+
+def logged_shares(logs: Path) -> list[dict[int, tuple[list[int], str]]]:
+    """Per sweep under a stage's log folder, the cores and GPUs each local job says it was given."""
+    shares = []
+    for sweep in sorted(logs.glob("multirun_*")):
+        found = (re.search(r"local job (\d+): cores ([\d,]+); GPUs (\S+)", log.read_text())
+                 for log in sweep.glob(".submitit/*/*_log.out"))
+        shares.append({int(m[1]): ([int(core) for core in m[2].split(",")], m[3]) for m in found if m})
+    return shares
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +89,9 @@ def test_qa_as_three_local_jobs_gives_the_tables_of_one_process(workspace, label
     logs = "".join(p.read_text() for p in tmp_path.glob("logs/qa/multirun_*/.submitit/*/*_log.out"))
     assert "QA of 7 subjects" in logs and "sheets rendered now: 0 (" in logs, \
         "the merge renders nothing: sheets whose flags the cohort changed get them on their shard's frame"
+    cores = os.sched_getaffinity(0)
+    assert logged_shares(tmp_path / "logs" / "qa") == [{i: (core_share(cores, i, 3), "none") for i in range(3)}], \
+        "each job on its own share of the cores, no GPU"
     merged = dict(zip(renders[1]["subject_id"], renders[1]["flags"]))
     assert any(merged[row.subject_id] != row.flags for row in parts.itertuples()), \
         "some flags judged within a shard change once the whole cohort is judged (the case the merge is for)"
@@ -83,6 +99,17 @@ def test_qa_as_three_local_jobs_gives_the_tables_of_one_process(workspace, label
     again = _run("annotation_loop.qa", *common, f"out={three}", f"paths.workspace={tmp_path}")
     assert "sheets rendered now: 0 (up to date: 7)" in again.stdout, "a second merge redoes nothing"
     assert {p.name: p.stat().st_mtime_ns for p in (three / "subjects").glob("*.png")} == before
+
+
+def test_a_sweep_asking_each_job_for_more_gpus_than_the_machine_shows_stops_before_any_job(tmp_path):
+    command = [sys.executable, "-m", "totalseg_train.evaluate", "-m", *_three_local_jobs(tmp_path),
+               "hydra.launcher.gpus_per_node=2"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "7"}
+    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-3000:]
+    assert run.stderr.strip().splitlines()[-1] == \
+        "error: hydra.launcher.gpus_per_node=2: 2 GPUs per job asked for, but this machine shows 1 (7)"
+    assert not list(tmp_path.rglob(".submitit")), "no job was started"
 
 
 def test_curation_as_three_local_jobs_gives_the_cohort_of_one_process(coarse_cohort, tmp_path):
@@ -227,6 +254,10 @@ def test_two_part_training_as_local_jobs_resumes_a_killed_part_and_scores_once(t
     assert len(list(fold.glob("training_log_*.txt"))) == 2, "one training, started twice"
     organs = next((ws / "nnunet" / "results").glob("Dataset394_*/*/fold_0/checkpoint_final.pth"))
     assert organs.stat().st_mtime_ns == record["organs_final_mtime_ns"], "a finished part is never retrained"
+    cores = os.sched_getaffinity(0)
+    each_its_own = {0: (core_share(cores, 0, 2), "3"), 1: (core_share(cores, 1, 2), "5")}
+    assert logged_shares(next(ws.glob("logs/*/multirun_*")).parent) == [each_its_own, each_its_own], \
+        "in both sweeps, each part on its own GPU of the two and its own share of the cores"
 
     results = ws / "results" / "tiny_parts"
     summary = json.loads((results / "run_summary.json").read_text())

@@ -1,0 +1,46 @@
+"""Each job's share of the machine when jobs run side by side (``totalseg_train.job_shares``), on lists; how
+many jobs a local sweep starts at once (``totalseg_train.local_launcher``), on sweep configs."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import DictConfig, OmegaConf
+
+from totalseg_train.job_shares import core_share, gpu_share
+from totalseg_train.local_launcher import jobs_at_once
+
+
+def test_jobs_split_the_cores_evenly_and_take_turns_when_there_are_more_jobs_than_cores():
+    assert [core_share([3, 0, 2, 1], i, 2) for i in range(2)] == [[0, 2], [1, 3]]
+    assert [core_share(range(4), i, 3) for i in range(3)] == [[0, 3], [1], [2]]
+    assert [core_share([4, 5], i, 5) for i in range(5)] == [[4], [5], [4], [5], [4]]
+    assert core_share([7], 0, 1) == [7]
+    shares = [core_share(range(16), i, 5) for i in range(5)]
+    assert sorted(c for share in shares for c in share) == list(range(16)), "every core used once"
+
+
+def test_cores_per_job_are_consecutive_in_turn_and_never_more_than_the_machine_has():
+    assert [core_share(range(8), i, 4, per_job=2) for i in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert [core_share(range(4), i, 3, per_job=3) for i in range(3)] == [[0, 1, 2], [0, 1, 3], [0, 2, 3]]
+    assert core_share(range(2), 1, 2, per_job=8) == [0, 1]
+
+
+def test_each_job_sees_its_own_gpus_and_jobs_take_turns_when_there_are_more_jobs_than_gpus():
+    assert [gpu_share(["0", "1", "2", "3", "4"], i, 1) for i in range(5)] == [["0"], ["1"], ["2"], ["3"], ["4"]]
+    assert [gpu_share(["3", "5"], i, 1) for i in range(3)] == [["3"], ["5"], ["3"]]
+    assert [gpu_share(list("0123"), i, 2) for i in range(2)] == [["0", "1"], ["2", "3"]]
+    with pytest.raises(ValueError, match="2 GPUs per job asked for, but this machine shows 1 \\(0\\)"):
+        gpu_share(["0"], 0, 2)
+    with pytest.raises(ValueError, match="shows 0 \\(none\\)"):
+        gpu_share([], 0, 1)
+
+
+def test_the_jobs_a_sweep_starts_at_once_are_its_first_batch_as_hydras_basic_sweeper_splits_it():
+    def sweep(task: list[str], params: dict | None = None, max_batch_size: int | None = None) -> DictConfig:
+        return OmegaConf.create({"hydra": {"overrides": {"task": task},
+                                           "sweeper": {"params": params, "max_batch_size": max_batch_size}}})
+
+    assert jobs_at_once(sweep(["shard.index=0,1,2", "shard.count=3", "hydra/launcher=local"])) == 3
+    assert jobs_at_once(sweep(["part=organs,vertebrae,cardiac,muscles,ribs"], max_batch_size=4)) == 4
+    assert jobs_at_once(sweep(["a=1,2,3"], params={"b": "x,y"})) == 6
+    assert jobs_at_once(sweep(["shard.index=range(0,16)", "shard.count=16"])) == 16
