@@ -154,7 +154,7 @@ clean-demo: ## Remove the demo workspace
 bench-curate: setup ## Header scan files/s (first scan and an unchanged archive again, from the cache) and conversion series/s on a 16-patient phantom, beside pydicom's bare loop
 	$(PY) -m data_prep.curate.bench --subjects 16 --workers 2
 
-bench-scale: setup ## Per-subject cost of every per-subject stage, QA as 1, 2 and 4 local jobs, an estimate for 1204 subjects on 16 jobs (~6 min)
+bench-scale: setup ## Per-subject cost of every per-subject stage, QA as 1, 2 and 4 local jobs and two training parts as two, each beside submitit's plain local launcher, an estimate for 1204 subjects on 16 jobs (~5 min)
 	$(PY) -m annotation_loop.scale_bench --subjects 12 --jobs 1 2 4
 
 bench-train: setup ## s/iteration of tiny and fast, engine overhead vs nnU-Net, tiny's test Dice after 5 min (20 phantom subjects; ~25 min)

@@ -4,13 +4,17 @@ On a phantom cohort at the demo's grid, every stage runs as a user runs it (its 
 curation, truth export, QA, evaluation and statistics in one process each, giving each stage's measured
 cost per subject on this machine; then QA, the dearest per-subject stage, as a sweep of 1, 2 and 4 local
 jobs (``hydra/launcher=local``, ``shard.count``), giving subjects per minute against the number of jobs,
-merge included. Last, an estimate for the paper's 1204 subjects on a 16-GPU cluster from those costs:
-marked as an estimate, since the jobs there have other cores and GPUs and the training is not measured here.
+merge included. Side by side with each sweep, and with ``tiny_parts``' two part models trained as two local
+jobs, the same sweep on submitit's local launcher as it comes, every job on every core (the reference: our
+launcher config without its job shares, totalseg_train/local_launcher.py). Last, an estimate for the paper's
+1204 subjects on a 16-GPU cluster from those costs: marked as an estimate, since the jobs there have other
+cores and GPUs and the training is not measured here.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,13 +38,35 @@ def timed(module: str, *overrides: str, sweep: bool = False) -> float:
     return time.perf_counter() - start
 
 
-def qa_sweep(ws: Path, jobs: int) -> float:
-    common = [f"paths.workspace={ws}", f"labels_dir={ws / 'truth_labels'}", f"out={ws / f'qa_{jobs}_jobs'}",
-              "workers=1"]
+# submitit's local launcher as it comes: every job on every core and the same first GPUs
+WITHOUT_SHARES = "~hydra.callbacks.local_job_shares"
+PARTS = "organs,cardiac"
+
+
+def qa_sweep(ws: Path, jobs: int, shares: bool = True) -> float:
+    common = [f"paths.workspace={ws}", f"labels_dir={ws / 'truth_labels'}", "workers=1",
+              f"out={ws / f'qa_{jobs}_jobs' if shares else f'qa_{jobs}_jobs_without_shares'}"]
     if jobs == 1:
         return timed("annotation_loop.qa", *common)
     return timed("annotation_loop.qa", *common, f"shard.index={','.join(map(str, range(jobs)))}",
-                 f"shard.count={jobs}", "hydra/launcher=local", sweep=True)
+                 f"shard.count={jobs}", "hydra/launcher=local", *([] if shares else [WITHOUT_SHARES]), sweep=True)
+
+
+def parts_sweep(ws: Path, shares: bool) -> tuple[float, float]:
+    """``tiny_parts``' two part models trained on the cohort as two local jobs, each with nnU-Net's default
+    threads (all the cores it may use), in a workspace of their own: export, planning, 2 epochs of 20 steps,
+    and the test split predicted and scored once both are done. Returns the sweep's seconds and the mean of
+    the epoch times nnU-Net logged."""
+    cohort = [f"images_dir={ws / 'curated' / 'images'}", f"subjects_csv={ws / 'curated' / 'subjects.csv'}",
+              f"labels_dir={ws / 'truth_labels'}"]
+    workspace = ws / ("parts" if shares else "parts_without_shares")
+    wall = timed("totalseg_train", "+experiment=tiny_parts", f"paths.workspace={workspace}", *cohort,
+                 "model.epochs=2", "model.iterations_per_epoch=20", "model.final_validation=false", "workers=1",
+                 "data_workers=0", f"part={PARTS}", "hydra/launcher=local", *([] if shares else [WITHOUT_SHARES]),
+                 sweep=True)
+    epochs = [float(seconds) for log in workspace.glob("nnunet/results/*/*/fold_0/training_log_*.txt")
+              for seconds in re.findall(r"Epoch time: ([\d.]+) s", log.read_text())]
+    return wall, sum(epochs) / len(epochs)
 
 
 def estimate(costs: pd.DataFrame, subjects: int, jobs: int) -> pd.DataFrame:
@@ -64,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         n = len(pd.read_csv(ws / "curated" / "subjects.csv"))
         seconds["truth export"] = timed("data_prep.phantom.truth_labels", *base)
         sweeps = {jobs: qa_sweep(ws, jobs) for jobs in args.jobs}
+        unshared = {jobs: qa_sweep(ws, jobs, shares=False) for jobs in args.jobs if jobs > 1}
+        parts = {shares: parts_sweep(ws, shares) for shares in (True, False)}
         seconds["QA (flags and sheets)"] = sweeps[1] if 1 in sweeps else qa_sweep(ws, 1)
         labels = ws / "truth_labels"
         seconds["evaluation"] = timed("totalseg_train.evaluate", *base, f"gt_dir={labels}", f"pred_dir={labels}",
@@ -79,7 +107,15 @@ def main(argv: list[str] | None = None) -> None:
     one = sweeps.get(1)
     for jobs, wall in sorted(sweeps.items()):
         speedup = f"   {one / wall:.2f}x one job" if one else ""
-        print(f"  {jobs} job(s): {wall:6.1f} s   {n / wall * 60:5.1f} subjects/min{speedup}")
+        reference = (f"   without job shares: {unshared[jobs]:6.1f} s ({unshared[jobs] / wall:.2f}x the time)"
+                     if jobs in unshared else "")
+        print(f"  {jobs} job(s): {wall:6.1f} s   {n / wall * 60:5.1f} subjects/min{speedup}{reference}")
+    print(f"\ntiny_parts' two part models ({PARTS}) trained as two local jobs on nnU-Net's default threads:")
+    for shares, name in ((True, "each job on its own share of the cores"),
+                         (False, "every job on every core (submitit's local launcher as it comes)")):
+        (wall, epoch), (own_wall, own_epoch) = parts[shares], parts[True]
+        print(f"  {name:<64} sweep {wall:6.1f} s ({wall / own_wall:.2f}x)   epoch {epoch:5.1f} s"
+              f" ({epoch / own_epoch:.2f}x)")
     table = estimate(costs, PAPER_SUBJECTS, CLUSTER_JOBS)
     print(f"\nESTIMATE, not a measurement: {PAPER_SUBJECTS} subjects, {CLUSTER_JOBS} jobs each like this machine, "
           "the per-subject costs above (the paper's grid is finer: its costs are higher; training is not included)")
