@@ -44,8 +44,8 @@ PARTS = "organs,cardiac"
 
 
 def qa_sweep(ws: Path, jobs: int, shares: bool = True) -> float:
-    common = [f"paths.workspace={ws}", f"labels_dir={ws / 'truth_labels'}", "workers=1",
-              f"out={ws / f'qa_{jobs}_jobs' if shares else f'qa_{jobs}_jobs_without_shares'}"]
+    out = ws / (f"qa_{jobs}_jobs" if shares else f"qa_{jobs}_jobs_without_shares")
+    common = [f"paths.workspace={ws}", f"labels_dir={ws / 'truth_labels'}", "workers=1", f"out={out}"]
     if jobs == 1:
         return timed("annotation_loop.qa", *common)
     return timed("annotation_loop.qa", *common, f"shard.index={','.join(map(str, range(jobs)))}",
