@@ -1,9 +1,10 @@
 """Each job's share of this machine when several run on it side by side: its CPU cores and its GPUs.
 
 Two jobs threaded over the same cores wait on each other: OpenMP threads spin at every barrier, and a tiny
-nnU-Net training step ran 9x slower with two trainings each on both cores of a 2-core machine, but no slower
-with one core each. So jobs side by side (a local sweep's jobs, the test suite's workers) each get cores of
-their own, and everything a job starts (nnU-Net's "all cores", its workers) stays within them.
+nnU-Net training step ran 9x slower with two trainings each on both cores of a 2-core machine, while two on one
+core each ran as fast as one alone on one core. So jobs side by side (a local sweep's jobs, the test suite's
+workers) each get cores of their own, and everything a job starts (nnU-Net's "all cores", its workers) stays
+within them.
 
 Standard library only: the test suite pins its workers with it before numpy and torch size their pools.
 """
