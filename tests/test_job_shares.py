@@ -3,6 +3,8 @@ many jobs a local sweep starts at once (``totalseg_train.local_launcher``), on s
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,3 +46,21 @@ def test_the_jobs_a_sweep_starts_at_once_are_its_first_batch_as_hydras_basic_swe
     assert jobs_at_once(sweep(["part=organs,vertebrae,cardiac,muscles,ribs"], max_batch_size=4)) == 4
     assert jobs_at_once(sweep(["a=1,2,3"], params={"b": "x,y"})) == 6
     assert jobs_at_once(sweep(["shard.index=range(0,16)", "shard.count=16"])) == 16
+
+
+def test_nnunets_augmentation_processes_are_capped_at_the_cores_a_job_may_use(monkeypatch):
+    """nnU-Net's own choice is 12 augmentation processes capped at ``os.cpu_count()``, the whole machine: a local
+    sweep's job pinned to one core would start 12 on it."""
+    from totalseg_train.engine.training import augmentation_workers
+
+    monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
+    assert augmentation_workers(0) == "0" and augmentation_workers(3) == "3", "data_workers as set"
+    cores = os.sched_getaffinity(0)
+    assert augmentation_workers(None) == str(min(12, len(cores)))
+    try:
+        os.sched_setaffinity(0, [min(cores)])
+        assert augmentation_workers(None) == "1" and augmentation_workers(None, num_gpus=2) == "1"
+    finally:
+        os.sched_setaffinity(0, cores)
+    monkeypatch.setenv("nnUNet_n_proc_DA", "5")
+    assert augmentation_workers(None) is None, "a user's own nnUNet_n_proc_DA is left as it is"

@@ -77,7 +77,7 @@ def bench_overhead(bench: DictConfig) -> dict:
 
     from totalseg_train.engine.environment import nnunet_folders, scoped_environment, torch_device
     from totalseg_train.engine.pipeline import train_model
-    from totalseg_train.engine.training import model_folder, set_torch_threads, trainer_name
+    from totalseg_train.engine.training import augmentation_workers, model_folder, set_torch_threads, trainer_name
 
     cfg, dataset, plan, prepare_seconds = prepared(bench, "tiny", bench.overhead)
     engine_folder = model_folder(dataset, cfg)
@@ -97,8 +97,7 @@ def bench_overhead(bench: DictConfig) -> dict:
             train_model(cfg)
         else:  # what nnUNetv2_train does, on the engine's plans and preprocessed data
             set_torch_threads(device, cfg.torch_threads)
-            env = {"nnUNet_results": str(direct_root),
-                   "nnUNet_n_proc_DA": None if cfg.data_workers is None else str(cfg.data_workers)}
+            env = {"nnUNet_results": str(direct_root), "nnUNet_n_proc_DA": augmentation_workers(cfg.data_workers)}
             with scoped_environment(env):
                 run_training(str(dataset.dataset_id), plan.configuration, 0, trainer_name(cfg.model),
                              plan.plans_identifier, device=device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,6 +62,20 @@ def set_torch_threads(device: torch.device, threads: int | None = None) -> None:
     if threads is None:
         threads = usable_cores() if device.type == "cpu" else 1
     torch.set_num_threads(max(1, int(threads)))
+
+
+def augmentation_workers(data_workers: int | None, num_gpus: int = 1) -> str | None:
+    """nnU-Net's augmentation processes per GPU (``nnUNet_n_proc_DA``): ``data_workers``; for null, the user's
+    own ``nnUNet_n_proc_DA`` where set (None: left as it is), else nnU-Net's choice (12 outside its own
+    institute's hosts) capped at this process's cores per GPU: nnU-Net caps it at ``os.cpu_count()``, the whole
+    machine, where a SLURM job or a local sweep's job has only its share (12 processes on one pinned core)."""
+    if data_workers is not None:
+        return str(int(data_workers))
+    if "nnUNet_n_proc_DA" in os.environ:
+        return None
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+    return str(min(get_allowed_n_proc_DA(), max(1, usable_cores() // max(1, num_gpus))))
 
 
 def seed_everything(seed: int) -> None:
@@ -141,7 +156,7 @@ def train_part(plan: Plan, cfg: DictConfig) -> Path:
     set_torch_threads(device, cfg.torch_threads)
     if cfg.model.seed is not None:
         seed_everything(int(cfg.model.seed))
-    env = {"nnUNet_n_proc_DA": None if cfg.data_workers is None else str(cfg.data_workers)}
+    env = {"nnUNet_n_proc_DA": augmentation_workers(cfg.data_workers, int(cfg.num_gpus))}
     if cfg.logger.name == "wandb":
         env["WANDB_NAME"] = f"{cfg.model.name}-{plan.dataset.part}"
     resume = bool(cfg.resume) and has_checkpoint(folder)
