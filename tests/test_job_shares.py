@@ -1,5 +1,6 @@
 """Each job's share of the machine when jobs run side by side (``totalseg_train.job_shares``), on lists; how
-many jobs a local sweep starts at once (``totalseg_train.local_launcher``), on sweep configs."""
+many jobs a local sweep starts at once (``totalseg_train.local_launcher``), on sweep configs; nnU-Net's
+augmentation processes within the cores a job may use."""
 
 from __future__ import annotations
 
