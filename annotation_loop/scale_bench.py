@@ -38,9 +38,12 @@ def timed(module: str, *overrides: str, sweep: bool = False) -> float:
     return time.perf_counter() - start
 
 
-# submitit's local launcher as it comes: every job on every core and the same first GPUs
-WITHOUT_SHARES = "~hydra.callbacks.local_job_shares"
 PARTS = "organs,cardiac"
+
+
+def local_jobs(shares: bool) -> list[str]:
+    """The local launcher; without shares, submitit's as it comes (every job on every core, the same first GPUs)."""
+    return ["hydra/launcher=local", *([] if shares else ["~hydra.callbacks.local_job_shares"])]
 
 
 def qa_sweep(ws: Path, jobs: int, shares: bool = True) -> float:
@@ -49,7 +52,7 @@ def qa_sweep(ws: Path, jobs: int, shares: bool = True) -> float:
     if jobs == 1:
         return timed("annotation_loop.qa", *common)
     return timed("annotation_loop.qa", *common, f"shard.index={','.join(map(str, range(jobs)))}",
-                 f"shard.count={jobs}", "hydra/launcher=local", *([] if shares else [WITHOUT_SHARES]), sweep=True)
+                 f"shard.count={jobs}", *local_jobs(shares), sweep=True)
 
 
 def parts_sweep(ws: Path, shares: bool) -> tuple[float, float]:
@@ -62,8 +65,7 @@ def parts_sweep(ws: Path, shares: bool) -> tuple[float, float]:
     workspace = ws / ("parts" if shares else "parts_without_shares")
     wall = timed("totalseg_train", "+experiment=tiny_parts", f"paths.workspace={workspace}", *cohort,
                  "model.epochs=2", "model.iterations_per_epoch=20", "model.final_validation=false", "workers=1",
-                 "data_workers=0", f"part={PARTS}", "hydra/launcher=local", *([] if shares else [WITHOUT_SHARES]),
-                 sweep=True)
+                 "data_workers=0", f"part={PARTS}", *local_jobs(shares), sweep=True)
     epochs = [float(seconds) for log in workspace.glob("nnunet/results/*/*/fold_0/training_log_*.txt")
               for seconds in re.findall(r"Epoch time: ([\d.]+) s", log.read_text())]
     return wall, sum(epochs) / len(epochs)

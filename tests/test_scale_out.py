@@ -256,7 +256,7 @@ def test_two_part_training_as_local_jobs_resumes_a_killed_part_and_scores_once(t
     assert organs.stat().st_mtime_ns == record["organs_final_mtime_ns"], "a finished part is never retrained"
     cores = os.sched_getaffinity(0)
     each_its_own = {0: (core_share(cores, 0, 2), "3"), 1: (core_share(cores, 1, 2), "5")}
-    assert logged_shares(next(ws.glob("logs/*/multirun_*")).parent) == [each_its_own, each_its_own], \
+    assert logged_shares(ws / "logs" / "train") == [each_its_own, each_its_own], \
         "in both sweeps, each part on its own GPU of the two and its own share of the cores"
 
     results = ws / "results" / "tiny_parts"
