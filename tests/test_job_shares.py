@@ -9,7 +9,7 @@ import os
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from totalseg_train.job_shares import core_share, gpu_share
+from totalseg_train.job_shares import core_share, gpu_crowding, gpu_share
 from totalseg_train.local_launcher import jobs_at_once
 
 
@@ -36,6 +36,17 @@ def test_each_job_sees_its_own_gpus_and_jobs_take_turns_when_there_are_more_jobs
         gpu_share(["0"], 0, 2)
     with pytest.raises(ValueError, match="shows 0 \\(none\\)"):
         gpu_share([], 0, 1)
+
+
+def test_more_jobs_than_gpus_are_named_with_how_many_share_one_and_the_batch_size_that_fits():
+    assert gpu_crowding(list("0123"), 5, 1) == ("5 jobs at once with 1 GPU each, but this machine shows 4 (0,1,2,3):"
+                                                " up to 2 jobs share a GPU and its memory;"
+                                                " hydra.sweeper.max_batch_size=4 runs 4 at a time")
+    assert "with 2 GPUs each, but this machine shows 3 (0,1,2): up to 2 jobs share" in gpu_crowding(list("012"), 2, 2)
+    assert "max_batch_size=1 runs 1 at a time" in gpu_crowding(list("012"), 2, 2)
+    assert "up to 3 jobs share" in gpu_crowding(["3", "5"], 5, 1)
+    assert gpu_crowding(list("0123"), 4, 1) is None and gpu_crowding(list("0123"), 2, 2) is None
+    assert gpu_crowding([], 16, 0) is None, "CPU jobs need no GPU"
 
 
 def test_the_jobs_a_sweep_starts_at_once_are_its_first_batch_as_hydras_basic_sweeper_splits_it():

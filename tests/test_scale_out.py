@@ -24,9 +24,9 @@ from totalseg_train.shards import PARTS_DIR
 TIMING = ["mesh_seconds", "render_seconds", "rendered_at"]  # when and how fast a sheet was drawn, not what it shows
 
 
-def _run(module: str, *overrides: str, sweep: bool = False) -> subprocess.CompletedProcess:
+def _run(module: str, *overrides: str, sweep: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", module, *(["-m"] if sweep else []), *overrides]
-    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    run = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     return run
 
@@ -153,8 +153,13 @@ def test_evaluation_as_three_local_jobs_gives_the_tables_of_one_process(workspac
     sitk.WriteImage(halved, str(poor))
     common = [f"gt_dir={labels}", f"pred_dir={predictions}", "workers=1"]
     _run("totalseg_train.evaluate", *common, f"out_dir={tmp_path / 'one'}", f"paths.workspace={tmp_path}")
-    _run("totalseg_train.evaluate", *common, f"out_dir={tmp_path / 'three'}", *_three_local_jobs(tmp_path),
-         sweep=True)
+    on_two_gpus = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5"}  # as on a workstation with two GPUs
+    sweep = _run("totalseg_train.evaluate", *common, f"out_dir={tmp_path / 'three'}", *_three_local_jobs(tmp_path),
+                 "hydra.launcher.gpus_per_node=1", sweep=True, env=on_two_gpus)
+    assert ("3 jobs at once with 1 GPU each, but this machine shows 2 (3,5): up to 2 jobs share a GPU and its memory;"
+            " hydra.sweeper.max_batch_size=2 runs 2 at a time") in sweep.stdout + sweep.stderr
+    assert {i: gpus for i, (_, gpus) in logged_shares(tmp_path / "logs" / "evaluate")[0].items()} == \
+        {0: "3", 1: "5", 2: "3"}, "more jobs than GPUs: they take turns"
     one, three = (pd.read_parquet(tmp_path / name / "scores.parquet") for name in ("one", "three"))
     pd.testing.assert_frame_equal(one, three)
     assert one.subject_id.nunique() == 7 and one.prediction_missing.sum() > 0 and (one.dice < 0.5).any()

@@ -33,3 +33,15 @@ def gpu_share(gpus: Sequence[str], index: int, per_job: int) -> list[str]:
         raise ValueError(f"{per_job} GPUs per job asked for, but this machine shows {len(gpus)}"
                          f" ({','.join(gpus) or 'none'})")
     return [gpus[(index * per_job + j) % len(gpus)] for j in range(per_job)]
+
+
+def gpu_crowding(gpus: Sequence[str], jobs: int, per_job: int) -> str | None:
+    """When ``jobs`` side by side asking ``per_job`` GPUs each need more than ``gpus``: what happens (GPUs shared
+    and their memory with them: two highres trainings outgrow most GPUs) and the batch size that fits; else None."""
+    if not per_job or jobs * per_job <= len(gpus):
+        return None
+    fit = len(gpus) // per_job
+    crowd = -(-jobs * per_job // len(gpus))
+    return (f"{jobs} jobs at once with {per_job} GPU{'s' if per_job > 1 else ''} each, but this machine shows"
+            f" {len(gpus)} ({','.join(gpus)}): up to {crowd} jobs share a GPU and its memory;"
+            f" hydra.sweeper.max_batch_size={fit} runs {fit} at a time")

@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from totalseg_train.job_shares import core_share, gpu_share
+from totalseg_train.job_shares import core_share, gpu_crowding, gpu_share
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,11 @@ class LocalJobShares(Callback):
         except ValueError as err:  # Hydra turns a callback's exceptions into warnings: stop before any job starts
             print(f"error: hydra.launcher.gpus_per_node={gpus_per_job}: {err}", file=sys.stderr)
             sys.exit(2)
-        plan = {"jobs": jobs_at_once(config), "cores": sorted(os.sched_getaffinity(0)),
+        jobs = jobs_at_once(config)
+        crowding = gpu_crowding(gpus, jobs, gpus_per_job)
+        if crowding:  # a warning, not an error: a large GPU may well hold two trainings
+            log.warning(crowding)
+        plan = {"jobs": jobs, "cores": sorted(os.sched_getaffinity(0)),
                 "cores_per_job": launcher.get("cpus_per_task"), "gpus": gpus, "gpus_per_job": gpus_per_job}
         os.environ[PLAN_VARIABLE] = json.dumps(plan)  # submitit's local jobs start with this environment
 
