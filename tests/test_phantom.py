@@ -7,6 +7,7 @@ import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from data_prep.phantom import anatomy, ct
 from data_prep.phantom.plan import EXPECTED_EXCLUSION
@@ -101,6 +102,38 @@ def test_tissue_hu_read_back_from_dicom(phantom_cohort, phantom_index):
     hu = sitk.GetArrayFromImage(image)
     corner = hu[:, :5, :5]
     assert abs(corner.mean() + 1000) < 10  # air outside the body
+
+
+TUBES = ("colon", "duodenum", "pancreas", "aorta", "inferior_vena_cava", "portal_vein_and_splenic_vein",
+         "iliac_artery_left", "iliac_artery_right", "iliac_vena_left", "iliac_vena_right")
+
+
+def test_bowel_and_abdominal_vessels_are_one_piece_where_later_structures_are_painted_over_them():
+    """Structures are painted in turn, so one that runs through a later one is cut in two: the colon through the
+    liver, the duodenum through the aorta, the left iliac vein through L5 were, in 9, 5 and 9 of 12 subjects (a
+    vessel in pieces in the truth teaches a model broken vessels and shows in every QA render). They now run
+    where they lie in a body: in front of the spine, below the liver. Jitter still leaves a speck or a stub of
+    at most 51 voxels (1.4 ml) in 5 of these 16 subjects, most where the iliac veins meet."""
+    grid = Grid((-200.0, -150.0, 850.0), (3.0, 3.0, 3.0), (120, 100, 134))  # abdomen and pelvis
+    ids = [classes.id_of(name) for name in TUBES]
+
+    def stray_voxels(labels: np.ndarray) -> dict[str, int]:
+        """Per tube in pieces, the voxels of all but its largest piece."""
+        out = {}
+        for name, class_id in zip(TUBES, ids):
+            pieces, count = ndimage.label(labels == class_id, np.ones((3, 3, 3)))
+            sizes = np.bincount(pieces.ravel())[1:]
+            assert count >= 1, f"{name} missing"
+            if count > 1:
+                out[name] = int(sizes.sum() - sizes.max())
+        return out
+
+    standard = rasterize(anatomy.structures(anatomy.Body(), np.random.default_rng(0), 0.0, 0.0), grid, None, set())
+    assert stray_voxels(standard) == {}
+    strays = [stray_voxels(rasterize(anatomy.structures(anatomy.Body(), np.random.default_rng(seed)), grid, None,
+                                     set())) for seed in range(16)]
+    assert sum(bool(s) for s in strays) <= 5, strays
+    assert max((v for s in strays for v in s.values()), default=0) < 60, strays  # 1.6 ml at 3 mm
 
 
 def test_fat_and_soft_tissue_between_organs():

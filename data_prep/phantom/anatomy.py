@@ -148,8 +148,8 @@ def _soft_organs(b: _Builder) -> None:
     b.add(
         "colon",
         b.tube(
-            [[-90, -20, 950], [-98, 0, 1085], [-80, -45, 1112], [0, -72, 1092], [92, -25, 1122], [102, 10, 1000],
-             [45, -15, 925], [0, 62, 885]],
+            [[-90, -20, 950], [-98, 0, 1060], [-80, -48, 1060], [0, -72, 1045], [92, -25, 1075], [102, 10, 1000],
+             [45, -15, 925], [0, 40, 885]],
             17,
         ),
     )
@@ -157,8 +157,8 @@ def _soft_organs(b: _Builder) -> None:
     b.add("stomach", b.ellipsoid([58, -28, 1150], [46, 34, 56], rotation(ry_deg=-25)))
     b.add("spleen", b.ellipsoid([98, 48, 1158], [28, 42, 52], rotation(rz_deg=35)))
     b.add("gallbladder", b.ellipsoid([-58, -62, 1090], [16, 18, 28], rotation(rx_deg=20)))
-    b.add("pancreas", b.tube([[-18, 5, 1095], [30, 15, 1102], [78, 32, 1112]], 12))
-    b.add("duodenum", b.tube([[-28, -5, 1112], [-48, 8, 1082], [-32, 16, 1058], [12, 20, 1060]], 10))
+    b.add("pancreas", b.tube([[-18, -2, 1095], [30, 4, 1102], [78, 32, 1112]], 12))
+    b.add("duodenum", b.tube([[-30, -18, 1098], [-48, 4, 1082], [-32, -4, 1058], [12, -6, 1060]], 10))
     b.add("kidney_right", b.ellipsoid([-76, 58, 1048], [27, 26, 56], rotation(ry_deg=10)))
     b.add("kidney_left", b.ellipsoid([76, 58, 1064], [27, 26, 56], rotation(ry_deg=-10)))
     b.add("adrenal_gland_right", b.ellipsoid([-52, 50, 1124], [10, 10, 19]))
@@ -217,8 +217,8 @@ def _heart_and_vessels(b: _Builder) -> None:
     b.add(
         "aorta",
         b.tube(
-            [[14, -38, 1262], [10, -28, 1340], [0, 2, 1362], [18, 40, 1335], [22, 44, 1200], [16, 28, 1100],
-             [8, 24, 990]],
+            [[14, -38, 1262], [10, -28, 1340], [0, 2, 1362], [18, 40, 1335], [22, 44, 1200], [16, 22, 1100],
+             [8, 14, 990]],
             13,
         ),
     )
@@ -229,9 +229,9 @@ def _heart_and_vessels(b: _Builder) -> None:
 def _pelvic_vessels(b: _Builder) -> list[tuple[str, object]]:
     """The iliac veins and arteries, to be painted after the iliopsoas they run along: they indent the muscle
     where the two touch instead of being cut in two by it, as no real vessel is."""
-    veins = [(f"iliac_vena_{side}", b.tube([[-18, 32, 975], [s * 48, 40, 935], [s * 76, 28, 880]], 8))
+    veins = [(f"iliac_vena_{side}", b.tube([[-18, 22, 975], [s * 48, 30, 935], [s * 76, 28, 880]], 8))
              for side, s in (("left", 1), ("right", -1))]
-    arteries = [(f"iliac_artery_{side}", b.tube([[6, 22, 985], [s * 52, 30, 940], [s * 80, 16, 885]], 7))
+    arteries = [(f"iliac_artery_{side}", b.tube([[6, 10, 985], [s * 52, 18, 940], [s * 74, 4, 885]], 7))
                 for side, s in (("left", 1), ("right", -1))]
     return veins + arteries
 
