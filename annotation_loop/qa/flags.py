@@ -322,11 +322,11 @@ def outlier_threshold(n: int, compared: int, p: FlagParams) -> float:
 @lru_cache(maxsize=None)
 def _simulated_threshold(n: int, chance: float) -> float:
     """The |z| (from the median and Qn of n normal values, the subject's own among them) exceeded with ``chance``:
-    a quantile of enough seeded draws to see it 2000 times (its chance then within about 2 %), 4 million at most
-    (about a second)."""
-    draws = int(min(4_000_000, max(100_000, 2000 / chance)))
+    a quantile of enough seeded draws to see it 1000 times (its chance then within about 3 %), 2 million at most
+    (a few tenths of a second)."""
+    draws = int(min(2_000_000, max(50_000, 1000 / chance)))
     rng = np.random.default_rng([n, draws])
-    z = np.concatenate([_own_z(rng.standard_normal((min(200_000, draws - start), n)))
+    z = np.concatenate([_own_z(rng.standard_normal((min(200_000, draws - start), n), dtype=np.float32))
                         for start in range(0, draws, 200_000)])
     return float(np.quantile(z, 1.0 - chance))
 
